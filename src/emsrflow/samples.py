@@ -1,0 +1,74 @@
+"""The sample sheet: one row per dataset (an animal × hemisphere acquisition).
+
+Columns (``config/samples.tsv``, tab-separated; the JSON schema in
+``workflow/schemas/samples.schema.yaml`` checks their form):
+
+``dataset``
+    Unique id, used in every output path.
+``animal``, ``hemisphere``
+    Cross-validation folds leave one animal out.
+``lr``, ``hr``, ``anisotropic``
+    Volume locations (see :func:`emsrflow.io.parse_path`); ``hr`` and ``anisotropic``
+    may be empty.
+``lr_voxel_nm``, ``hr_voxel_nm``, ``anisotropic_voxel_nm``
+    Voxel sizes ``"z,y,x"`` in nanometres; empty means "read from the file".
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .errors import InputError
+
+__all__ = ["parse_voxel_size", "resolve_voxel_size"]
+
+
+def parse_voxel_size(text: str | None, *, where: str) -> tuple[float, float, float] | None:
+    """Parse a ``"z,y,x"`` voxel size in nanometres.
+
+    Parameters
+    ----------
+    text : str or None
+        Cell content; empty or missing gives ``None``.
+    where : str
+        Location named in error messages (sheet, row and column).
+
+    Returns
+    -------
+    tuple of float or None
+    """
+    if text is None or (isinstance(text, float) and pd.isna(text)) or not str(text).strip():
+        return None
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(v > 0 for v in values):
+        raise InputError(
+            f"{where}: voxel size must be three positive numbers 'z,y,x' in nm, got {text!r}"
+        )
+    return values
+
+
+def resolve_voxel_size(
+    sheet_value: tuple[float, float, float] | None,
+    file_value: tuple[float, float, float] | None,
+    *,
+    path: str,
+    column: str,
+) -> tuple[float, float, float]:
+    """Choose a volume's voxel size: the sheet's if given, otherwise the file's.
+
+    Raises
+    ------
+    InputError
+        If neither the sheet nor the file gives one.
+    """
+    if sheet_value is not None:
+        return tuple(float(v) for v in sheet_value)
+    if file_value is None:
+        raise InputError(
+            f"{path}: the file carries no voxel size and the sample sheet column "
+            f"{column!r} is empty; give it there as 'z,y,x' in nm"
+        )
+    return tuple(float(v) for v in file_value)
