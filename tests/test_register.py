@@ -133,7 +133,7 @@ def test_resample_lr_aligns_with_hr(case):
     assert registered.shape == (len(lr), n, n) and registered.dtype == np.float32
     assert registered.min() >= 0 and registered.max() <= 1
     table = residuals(registered, hr)
-    assert list(table.columns) == ["section", "ncc", "shift_row", "shift_col", "shift_norm"]
+    assert list(table.columns) == ["slice", "ncc", "shift_row", "shift_col", "shift_norm"]
     assert len(table) == len(lr)
     assert (table.shift_norm < 0.3).all() and (table.ncc > 0.8).all()
     single = resample_lr(lr[2], result.transform, hr.shape[1:])

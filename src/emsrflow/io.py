@@ -128,7 +128,9 @@ def _reading(path: str | Path) -> Iterator[None]:
     except InputError:
         raise
     except _LIBRARY_ERRORS as err:
-        raise InputError(f"{path}: cannot read: {type(err).__name__}: {err}") from err
+        raise InputError(
+            f"{path}: cannot read (corrupt file or wrong format): {type(err).__name__}: {err}"
+        ) from err
 
 
 def _unit_nm(unit: str | None) -> float | None:

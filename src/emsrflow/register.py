@@ -31,7 +31,14 @@ from skimage.transform import resize
 from .errors import InputError, RegistrationError
 from .transform import Similarity
 
-__all__ = ["RegistrationResult", "estimate_transform", "qc_figure", "resample_lr", "residuals"]
+__all__ = [
+    "RegistrationResult",
+    "estimate_transform",
+    "qc_figure",
+    "registered_shape",
+    "resample_lr",
+    "residuals",
+]
 
 
 @dataclass(frozen=True)
@@ -270,6 +277,24 @@ def estimate_transform(
     return RegistrationResult(transform, score, used)
 
 
+def registered_shape(hr_shape: tuple[int, ...], transform: Similarity) -> tuple[int, int]:
+    """Return the (y, x) shape of the LR resampled onto the HR field of view.
+
+    Parameters
+    ----------
+    hr_shape : tuple of int
+        Shape of the HR stack or section; only the last two (y, x) sizes are used.
+    transform : Similarity
+        HR pixel → LR pixel mapping.
+
+    Returns
+    -------
+    tuple of int
+        ``round(n · transform.scale)`` for each HR axis of ``n`` pixels.
+    """
+    return tuple(max(1, round(n * transform.scale)) for n in hr_shape[-2:])
+
+
 def resample_lr(lr: np.ndarray, transform: Similarity, hr_shape: tuple[int, ...]) -> np.ndarray:
     """Resample the LR onto the HR field of view at LR pixel density, slice by slice.
 
@@ -292,7 +317,7 @@ def resample_lr(lr: np.ndarray, transform: Similarity, hr_shape: tuple[int, ...]
         float32 array clipped to [0, 1], 2D or 3D like ``lr``.
     """
     hr_shape = tuple(hr_shape[-2:])
-    out_shape = tuple(max(1, round(n * transform.scale)) for n in hr_shape)
+    out_shape = registered_shape(hr_shape, transform)
     points = transform.apply(_grid(hr_shape, out_shape))
     lr = np.asarray(lr)
     out = np.empty((*lr.shape[:-2], *out_shape), dtype=np.float32)
@@ -301,7 +326,7 @@ def resample_lr(lr: np.ndarray, transform: Similarity, hr_shape: tuple[int, ...]
     return out
 
 
-def residuals(lr_registered: np.ndarray, hr: np.ndarray) -> pd.DataFrame:
+def residuals(lr_registered: np.ndarray, hr: np.ndarray, *, z0: int = 0) -> pd.DataFrame:
     """Measure the remaining misregistration of a registered LR, per section.
 
     Parameters
@@ -310,12 +335,14 @@ def residuals(lr_registered: np.ndarray, hr: np.ndarray) -> pd.DataFrame:
         Output of :func:`resample_lr`, (z, y, x) or (y, x).
     hr : numpy.ndarray
         HR stack or section with the same number of sections.
+    z0 : int, optional
+        Index of the first section in the whole volume.
 
     Returns
     -------
     pandas.DataFrame
-        One row per section: ``section``; ``ncc`` with the HR area-averaged to the LR grid;
-        ``shift_row``, ``shift_col`` and ``shift_norm``, the shift in LR pixels (phase
+        One row per section: ``slice`` (its index); ``ncc`` with the HR area-averaged to
+        the LR grid; ``shift_row``, ``shift_col`` and ``shift_norm``, the shift in LR pixels (phase
         correlation to 1/20 pixel) of the registered LR content relative to the HR.
     """
     lr, hr = _stack(lr_registered, "lr_registered"), _stack(hr, "hr")
@@ -327,7 +354,8 @@ def residuals(lr_registered: np.ndarray, hr: np.ndarray) -> pd.DataFrame:
         shift = -phase_cross_correlation(down, section.astype(np.float64), upsample_factor=20)[0]
         rows.append([_ncc(section, down), *shift, np.hypot(*shift)])
     table = pd.DataFrame(rows, columns=["ncc", "shift_row", "shift_col", "shift_norm"])
-    return table.rename_axis("section").reset_index()
+    table.insert(0, "slice", np.arange(z0, z0 + len(table)))
+    return table
 
 
 def qc_figure(hr_section: np.ndarray, lr_registered_section: np.ndarray) -> Figure:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .errors import InputError
 
-__all__ = ["parse_voxel_size", "resolve_voxel_size"]
+__all__ = ["parse_voxel_size", "resolve_voxel_size", "volume_voxel_size"]
 
 
 def parse_voxel_size(text: str | None, *, where: str) -> tuple[float, float, float] | None:
@@ -72,3 +72,23 @@ def resolve_voxel_size(
             f"{column!r} is empty; give it there as 'z,y,x' in nm"
         )
     return tuple(float(v) for v in file_value)
+
+
+def volume_voxel_size(volume, cell: str | None, *, column: str) -> tuple[float, float, float]:
+    """Voxel size of an opened volume: its sample-sheet cell if filled, else its metadata.
+
+    Parameters
+    ----------
+    volume : emsrflow.io.VolumeReader
+        The opened volume (its ``path`` and ``voxel_size`` are used).
+    cell : str or None
+        The sample-sheet cell, ``"z,y,x"`` in nm or empty.
+    column : str
+        The sheet column, named in error messages.
+
+    Returns
+    -------
+    tuple of float
+    """
+    sheet_value = parse_voxel_size(cell, where=f"sample sheet column {column!r} for {volume.path}")
+    return resolve_voxel_size(sheet_value, volume.voxel_size, path=volume.path, column=column)

@@ -3,7 +3,6 @@ import zlib
 import pandas as pd
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 samples = pd.read_csv(
@@ -26,7 +25,11 @@ wildcard_constraints:
 def volume_file(spec):
     """File (or Zarr folder) of a volume location, without its HDF5 or Zarr key."""
     stem, sep, _ = spec.rpartition(":")
-    return stem if sep and stem.lower().endswith((".h5", ".hdf5", ".hdf", ".zarr")) else spec
+    return (
+        stem
+        if sep and stem.lower().endswith((".h5", ".hdf5", ".hdf", ".zarr"))
+        else spec
+    )
 
 
 def get_volume(column):

@@ -10,15 +10,19 @@ rule phantom:
             "resources/phantom/{dataset}/anisotropic_clean.ome.zarr"
         ),
         truth="resources/phantom/{dataset}/truth.json",
-    params:
-        seed=lambda wildcards: dataset_seed(config["phantom"]["seed"], wildcards.dataset),
-        phantom=config["phantom"]["params"],
-        io=config["io"],
     log:
         "results/logs/phantom/{dataset}.log",
     benchmark:
         "results/benchmarks/phantom/{dataset}.tsv"
+    conda:
+        "../../envs/emsrflow.yaml"
     resources:
         mem_mb=2000,
+    params:
+        seed=lambda wildcards: dataset_seed(
+            config["phantom"]["seed"], wildcards.dataset
+        ),
+        phantom=config["phantom"]["params"],
+        io=config["io"],
     script:
         "../../scripts/phantom.py"

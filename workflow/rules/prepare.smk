@@ -14,6 +14,14 @@ rule register:
             subcategory="Registration",
             labels={"dataset": "{dataset}", "figure": "checkerboard and overlay"},
         ),
+    log:
+        "results/logs/register/{dataset}.log",
+    benchmark:
+        "results/benchmarks/register/{dataset}.tsv"
+    conda:
+        "../../envs/emsrflow.yaml"
+    resources:
+        mem_mb=2000,
     params:
         lr=sheet_value("lr"),
         hr=sheet_value("hr"),
@@ -21,12 +29,6 @@ rule register:
         hr_voxel_nm=sheet_value("hr_voxel_nm"),
         register=config["register"],
         io=config["io"],
-    log:
-        "results/logs/register/{dataset}.log",
-    benchmark:
-        "results/benchmarks/register/{dataset}.tsv"
-    resources:
-        mem_mb=2000,
     script:
         "../../scripts/register.py"
 
@@ -40,17 +42,19 @@ rule resize:
         lr=directory("results/{dataset}/prepare/lr.ome.zarr"),
         hr=directory("results/{dataset}/prepare/hr.ome.zarr"),
         pair="results/{dataset}/prepare/pair.json",
+    log:
+        "results/logs/resize/{dataset}.log",
+    benchmark:
+        "results/benchmarks/resize/{dataset}.tsv"
+    conda:
+        "../../envs/emsrflow.yaml"
+    resources:
+        mem_mb=2000,
     params:
         hr=sheet_value("hr"),
         hr_voxel_nm=sheet_value("hr_voxel_nm"),
         ratio=config["resize"]["ratio"],
         io=config["io"],
-    log:
-        "results/logs/resize/{dataset}.log",
-    benchmark:
-        "results/benchmarks/resize/{dataset}.tsv"
-    resources:
-        mem_mb=2000,
     script:
         "../../scripts/resize.py"
 
@@ -62,15 +66,17 @@ rule denoise:
     output:
         hr=directory("results/{dataset}/prepare/hr_denoised.ome.zarr"),
         sigma="results/{dataset}/prepare/denoise_sigma.tsv",
-    params:
-        denoise=config["denoise"],
-        io=config["io"],
     log:
         "results/logs/denoise/{dataset}.log",
     benchmark:
         "results/benchmarks/denoise/{dataset}.tsv"
+    conda:
+        "../../envs/emsrflow.yaml"
     resources:
         mem_mb=2000,
+    params:
+        denoise=config["denoise"],
+        io=config["io"],
     script:
         "../../scripts/denoise.py"
 
@@ -83,15 +89,19 @@ rule degrade:
     output:
         lr=directory("results/{dataset}/prepare/lr_{synthetic}.ome.zarr"),
         params="results/{dataset}/prepare/lr_{synthetic}_params.tsv",
-    params:
-        seed=lambda wildcards: dataset_seed(config["degrade"]["seed"], wildcards.dataset),
-        synthetic2=config["degrade"]["synthetic2"],
-        io=config["io"],
     log:
         "results/logs/degrade/{dataset}_{synthetic}.log",
     benchmark:
         "results/benchmarks/degrade/{dataset}_{synthetic}.tsv"
+    conda:
+        "../../envs/emsrflow.yaml"
     resources:
         mem_mb=2000,
+    params:
+        seed=lambda wildcards: dataset_seed(
+            config["degrade"]["seed"], wildcards.dataset
+        ),
+        synthetic2=config["degrade"]["synthetic2"],
+        io=config["io"],
     script:
         "../../scripts/degrade.py"

@@ -1,0 +1,179 @@
+"""Snakemake runs the workflow for real on phantom data, in a temporary directory."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from emsrflow import io
+from emsrflow.transform import Similarity
+
+pytestmark = pytest.mark.workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+DATASETS = ["brain1_ipsi", "brain2_contra", "brain3_ipsi"]
+
+
+def snakemake(workdir, *args, config=None):
+    """Run Snakemake on the workflow in ``workdir``; its output (stderr too) is ``stdout``."""
+    command = [SNAKEMAKE, "--snakefile", str(ROOT / "workflow" / "Snakefile")]
+    command += ["--directory", str(workdir), "--cores", "2", *args]
+    if config is not None:
+        command += ["--configfile", str(config)]
+    return subprocess.run(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+    )
+
+
+def make_study(workdir, datasets=DATASETS, **overrides):
+    """Write a config and sample sheet for some demo datasets into ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sheet = pd.read_csv(ROOT / "config" / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    sheet[sheet.dataset.isin(datasets)].to_csv(workdir / "samples.tsv", sep="\t", index=False)
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["samples"] = "samples.tsv"
+    config.update(overrides)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return workdir / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    result = snakemake(workdir, config=make_study(workdir))
+    assert result.returncode == 0, result.stdout[-5000:]
+    return workdir
+
+
+def test_dry_run_lists_every_rule(tmp_path):
+    result = snakemake(tmp_path, "-n", config=make_study(tmp_path))
+    assert result.returncode == 0, result.stdout
+    for rule in ("phantom", "register", "resize", "denoise", "degrade", "all"):
+        assert rule in result.stdout
+
+
+def test_registration_recovers_the_phantom_transform(study):
+    for dataset in DATASETS:
+        truth = json.loads((study / f"resources/phantom/{dataset}/truth.json").read_text())
+        found = json.loads((study / f"results/{dataset}/prepare/registration.json").read_text())
+        expected = Similarity.from_dict(truth["hr_to_lr"])
+        estimate = Similarity.from_dict(found["transform"])
+        with io.open_volume(study / f"resources/phantom/{dataset}/hr.tif") as hr:
+            assert estimate.max_displacement(expected, hr.shape[1:]) < 0.5
+        assert found["score"] > 0.5
+        residuals = pd.read_csv(
+            study / f"results/{dataset}/prepare/registration_residuals.tsv", sep="\t"
+        )
+        assert residuals.shift_norm.max() < 0.5
+
+
+def test_pairs_have_integer_ratio_and_voxel_sizes(study):
+    prepare = study / "results/brain1_ipsi/prepare"
+    pair = json.loads((prepare / "pair.json").read_text())
+    assert pair["tau"] == 3
+    lr, lr_nm = io.read_volume(prepare / "lr.ome.zarr")
+    hr, hr_nm = io.read_volume(prepare / "hr.ome.zarr")
+    assert lr.dtype == hr.dtype == np.float32
+    assert hr.shape == (lr.shape[0], 3 * lr.shape[1], 3 * lr.shape[2])
+    np.testing.assert_allclose(np.array(lr_nm[1:]), 3 * np.array(hr_nm[1:]), rtol=1e-6)
+    assert 14 < hr_nm[2] < 16
+    for kind in ("synthetic1", "synthetic2"):
+        synthetic, synthetic_nm = io.read_volume(prepare / f"lr_{kind}.ome.zarr")
+        assert synthetic.shape == lr.shape
+        np.testing.assert_allclose(synthetic_nm, lr_nm, rtol=1e-6)
+    # the registered LR resembles the HR averaged to its grid
+    down = hr.reshape(hr.shape[0], lr.shape[1], 3, lr.shape[2], 3).mean(axis=(2, 4))
+    assert np.corrcoef(down.ravel(), lr.ravel())[0, 1] > 0.6
+
+
+def test_denoising_and_synthetic_parameters(study):
+    prepare = study / "results/brain2_contra/prepare"
+    sigma = pd.read_csv(prepare / "denoise_sigma.tsv", sep="\t")
+    assert (sigma.sigma_after < sigma.sigma_before).all()
+    params = pd.read_csv(prepare / "lr_synthetic2_params.tsv", sep="\t")
+    assert params.blur_sigma.between(0, 3).all() and params.noise_hr.between(20, 40).all()
+    assert params.noise_lr.between(5, 15).all()
+
+
+def test_outputs_are_complete_and_no_temporaries_remain(study):
+    assert not list(study.rglob("*.tmp-*"))
+    assert not (study / "results/brain1_ipsi/prepare/registered_lr.ome.zarr").exists()  # temp()
+    for dataset in DATASETS:
+        assert (study / f"results/{dataset}/prepare/registration_qc.png").stat().st_size > 10_000
+        assert (study / f"results/logs/register/{dataset}.log").exists()
+        assert (study / f"results/benchmarks/register/{dataset}.tsv").exists()
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    config = make_study(tmp_path, denoise={"method": "nlm", "strength": 1.0, "sigma": 3})
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert "'sigma' was unexpected" in result.stdout
+
+
+def test_bad_sheet_row_names_row_and_column(tmp_path):
+    config = make_study(tmp_path)
+    sheet = pd.read_csv(tmp_path / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    sheet.loc[1, "hr_voxel_nm"] = "50,15"
+    sheet.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert "row 1" in result.stdout and "hr_voxel_nm" in result.stdout
+
+
+def test_corrupt_input_fails_clearly_and_leaves_no_output(tmp_path):
+    config = make_study(tmp_path, datasets=["brain1_ipsi"])
+    phantom = tmp_path / "resources/phantom/brain1_ipsi"
+    result = snakemake(tmp_path, "resources/phantom/brain1_ipsi/truth.json", config=config)
+    assert result.returncode == 0, result.stdout[-3000:]
+    (phantom / "lr.tif").write_bytes(b"II*\x00 this is not a TIFF file" * 10)
+    target = "results/brain1_ipsi/prepare/registration.json"
+    result = snakemake(tmp_path, target, config=config)
+    assert result.returncode != 0
+    assert "lr.tif" in result.stdout
+    assert not (tmp_path / "results/brain1_ipsi/prepare").exists() or not any(
+        (tmp_path / "results/brain1_ipsi/prepare").iterdir()
+    )
+
+
+def test_lr_of_other_tissue_fails_registration_with_its_score(tmp_path):
+    config = make_study(tmp_path, datasets=["brain1_ipsi", "brain2_ipsi"])
+    for dataset in ("brain1_ipsi", "brain2_ipsi"):
+        result = snakemake(tmp_path, f"resources/phantom/{dataset}/truth.json", config=config)
+        assert result.returncode == 0, result.stdout[-3000:]
+    shutil.copy(
+        tmp_path / "resources/phantom/brain2_ipsi/lr.tif",
+        tmp_path / "resources/phantom/brain1_ipsi/lr.tif",
+    )
+    result = snakemake(tmp_path, "results/brain1_ipsi/prepare/registration.json", config=config)
+    assert result.returncode != 0
+    assert "does not cover the HR field of view" in result.stdout
+    assert "normalised cross-correlation" in result.stdout
+    assert not (tmp_path / "results/brain1_ipsi/prepare/registration.json").exists()
+
+
+def test_missing_input_file_is_named(tmp_path):
+    config = make_study(tmp_path, datasets=["brain1_ipsi"])
+    sheet = (tmp_path / "samples.tsv").read_text()
+    (tmp_path / "samples.tsv").write_text(sheet.replace("brain1_ipsi/lr.tif", "nowhere/lr.tif"))
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert "nowhere/lr.tif" in result.stdout
+
+
+def test_voxel_sizes_without_sensible_ratio_fail_before_registration(tmp_path):
+    config = make_study(tmp_path, datasets=["brain1_ipsi"])
+    sheet = pd.read_csv(tmp_path / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    sheet.loc[0, "hr_voxel_nm"] = "50,40,40"
+    sheet.to_csv(tmp_path / "samples.tsv", sep="\t", index=False)
+    result = snakemake(tmp_path, "results/brain1_ipsi/prepare/registration.json", config=config)
+    assert result.returncode != 0
+    assert "hr.tif" in result.stdout and "resolution ratio of 1.25" in result.stdout
+    assert not (tmp_path / "results/brain1_ipsi/prepare/registration.json").exists()
