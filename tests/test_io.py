@@ -383,3 +383,14 @@ def test_voxel_size_from_plain_zarr_attribute(tmp_path):
         io.open_volume(tmp_path / "plain.zarr")
     data, voxel = io.read_volume(f"{tmp_path}/plain.zarr:raw")
     assert data.shape == (3, 4, 5) and voxel == (40.0, 8.0, 8.0)
+
+
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".tif", ".h5:/raw"])
+def test_reader_reads_a_rectangle_of_one_section(tmp_path, suffix):
+    data = np.arange(4 * 20 * 30, dtype=np.uint16).reshape(4, 20, 30)
+    spec = str(tmp_path / f"v{suffix}")
+    io.write_volume(spec, data, (50.0, 15.0, 15.0), chunks=(1, 8, 8))
+    with io.open_volume(spec) as reader:
+        np.testing.assert_array_equal(reader[2, 3:11, 5:29], data[2, 3:11, 5:29])
+        with pytest.raises(IndexError, match="section 4"):
+            reader[4, 0:1, 0:1]

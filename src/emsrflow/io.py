@@ -309,6 +309,20 @@ class VolumeReader:
         with _reading(self.path):
             return np.asarray(self._data[z0:z1])
 
+    def __getitem__(self, index: tuple[int, slice, slice]) -> np.ndarray:
+        """Read a rectangle of one section, ``reader[z, y0:y1, x0:x1]``.
+
+        Zarr and HDF5 read only the chunks the rectangle touches (training patches);
+        TIFF reads the whole section.
+        """
+        z, rows, cols = index
+        if not 0 <= z < self.shape[0]:
+            raise IndexError(f"{self.path}: section {z} outside 0:{self.shape[0]}")
+        with _reading(self.path):
+            if isinstance(self._data, _TiffPages):
+                return self._data[z : z + 1][0, rows, cols]
+            return np.asarray(self._data[z, rows, cols])
+
     def slabs(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
         """Iterate over the volume in order, ``size`` sections at a time.
 
