@@ -1,0 +1,26 @@
+"""Super-resolution network architectures, registered by name (BasicSR style).
+
+Every network maps (N, 1, h, w) LR images with values in [0, 1] to (N, 1, τh, τw) for
+any h, w ≥ 1, and has the attributes ``scale`` (τ) and ``window`` (the LR-pixel grid
+its attention windows or pooling are aligned to; tiles whose origins are multiples of
+it see the same windows as the whole image). Build one from a configuration spec::
+
+    net = build_network({"type": "emsrnet", "scale": 3, "channels": 64})
+
+Registered architectures (:data:`ARCHS`):
+
+``emsrnet``
+    :class:`~emsrflow.archs.emsrnet.EMSRNet`, the EMSR paper's edge-attention network.
+``unet``
+    :class:`~emsrflow.archs.unet.ResUNet`, a PSSR-style residual U-Net on the
+    bicubic-upsampled image.
+``swinir``
+    :class:`~emsrflow.archs.swinir.SwinIR`, the SwinIR classical SR network.
+``bicubic``
+    :class:`~emsrflow.archs.bicubic.Bicubic`, parameter-free bicubic upsampling.
+"""
+
+from . import bicubic, emsrnet, swinir, unet
+from .registry import ARCHS, Registry, build_network
+
+__all__ = ["ARCHS", "Registry", "bicubic", "build_network", "emsrnet", "swinir", "unet"]
