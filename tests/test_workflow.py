@@ -19,6 +19,33 @@ pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 DATASETS = ["brain1_ipsi", "brain2_contra", "brain3_ipsi"]
+TINY_TRAIN = {
+    "strategies": ["real", "denoised", "synthetic1", "synthetic2"],
+    "losses": ["l1"],
+    "archs": {
+        "emsrnet": {"type": "emsrnet", "channels": 8, "blocks": 1, "res_blocks": 1, "heads": 2},
+        "bicubic": {"type": "bicubic"},
+    },
+    "settings": {
+        "steps": 20,
+        "batch": 2,
+        "patch": 16,
+        "checkpoint_every": 10,
+        "log_every": 5,
+        "deterministic": True,
+        "seed": 0,
+    },
+    "gpus": 0,
+}
+TINY_INFER = {
+    "tile": 32,
+    "overlap": 8,
+    "batch": 4,
+    "tta": False,
+    "precision": "bf16",
+    "device": "auto",
+    "gpus": 0,
+}
 
 
 def snakemake(workdir, *args, config=None):
@@ -39,7 +66,7 @@ def make_study(workdir, datasets=DATASETS, **overrides):
     sheet[sheet.dataset.isin(datasets)].to_csv(workdir / "samples.tsv", sep="\t", index=False)
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["samples"] = "samples.tsv"
-    config.update(overrides)
+    config.update({"train": TINY_TRAIN, "infer": TINY_INFER, **overrides})
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir / "config.yaml"
 
@@ -55,7 +82,17 @@ def study(tmp_path_factory):
 def test_dry_run_lists_every_rule(tmp_path):
     result = snakemake(tmp_path, "-n", config=make_study(tmp_path))
     assert result.returncode == 0, result.stdout
-    for rule in ("phantom", "register", "resize", "denoise", "degrade", "all"):
+    for rule in (
+        "phantom",
+        "register",
+        "resize",
+        "denoise",
+        "degrade",
+        "train",
+        "infer",
+        "infer_baseline",
+        "all",
+    ):
         assert rule in result.stdout
 
 
@@ -177,3 +214,46 @@ def test_voxel_sizes_without_sensible_ratio_fail_before_registration(tmp_path):
     assert result.returncode != 0
     assert "hr.tif" in result.stdout and "resolution ratio of 1.25" in result.stdout
     assert not (tmp_path / "results/brain1_ipsi/prepare/registration.json").exists()
+
+
+def test_training_per_fold_writes_model_and_curve(study):
+    for fold in ("brain1", "brain2", "brain3"):
+        for strategy in TINY_TRAIN["strategies"]:
+            folder = study / f"results/models/{fold}/emsrnet_{strategy}_l1"
+            assert (folder / "model.pt").stat().st_size > 1000
+            curve = pd.read_csv(folder / "curve.csv")
+            assert curve.step.max() == 20 and curve.step.is_unique
+            assert np.isfinite(curve.loss).all()
+
+
+def test_inference_upsamples_by_tau_with_voxel_size(study):
+    prepare = study / "results/brain2_contra/prepare"
+    lr, lr_nm = io.read_volume(prepare / "lr.ome.zarr")
+    for name in ("emsrnet_real_l1", "emsrnet_synthetic2_l1", "bicubic"):
+        sr, sr_nm = io.read_volume(study / f"results/brain2_contra/sr/{name}.ome.zarr")
+        assert sr.shape == (lr.shape[0], 3 * lr.shape[1], 3 * lr.shape[2])
+        assert sr.dtype == np.float32 and 0.0 <= sr.min() and sr.max() <= 1.0
+        np.testing.assert_allclose(np.array(sr_nm[1:]) * 3, lr_nm[1:], rtol=1e-6)
+    bicubic, _ = io.read_volume(study / "results/brain2_contra/sr/bicubic.ome.zarr")
+    hr, _ = io.read_volume(prepare / "hr.ome.zarr")
+    assert np.corrcoef(bicubic.ravel(), hr.ravel())[0, 1] > 0.6
+
+
+def test_unknown_architecture_is_rejected(tmp_path):
+    train = {**TINY_TRAIN, "archs": {"edsr": {"type": "edsr"}}}
+    result = snakemake(tmp_path, "-n", config=make_study(tmp_path, train=train))
+    assert result.returncode != 0
+    assert "edsr" in result.stdout and "emsrnet" in result.stdout
+
+
+def test_gpu_requested_where_none_exists_fails_clearly(study):
+    settings = {**TINY_TRAIN["settings"], "device": "cuda"}
+    config = make_study(study, train={**TINY_TRAIN, "settings": settings})
+    target = "results/models/brain1/emsrnet_real_l2/model.pt"
+    try:
+        result = snakemake(study, target, config=config)
+    finally:
+        make_study(study)
+    assert result.returncode != 0
+    assert "CUDA requested" in result.stdout
+    assert not (study / target).exists()

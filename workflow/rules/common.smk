@@ -16,10 +16,34 @@ if _repeated:
     )
 samples = samples.set_index("dataset", drop=False)
 
+# Training pairs per strategy: (LR, HR) volumes under results/{dataset}/prepare/.
+STRATEGY_PAIRS = {
+    "real": ("lr", "hr"),
+    "denoised": ("lr", "hr_denoised"),
+    "synthetic1": ("lr_synthetic1", "hr"),
+    "synthetic2": ("lr_synthetic2", "hr"),
+}
+ARCHS = config["train"]["archs"]
+TRAINED = [name for name, spec in ARCHS.items() if spec["type"] != "bicubic"]
+BASELINES = [name for name, spec in ARCHS.items() if spec["type"] == "bicubic"]
+PAIRED = [d for d in samples.index if samples.loc[d, "hr"]]
+# Leave-one-animal-out folds: a fold is named by the animal it holds out.
+FOLDS = sorted(set(samples.loc[PAIRED, "animal"]))
+if TRAINED and len(FOLDS) < 2:
+    raise ValueError(
+        f"{config['samples']}: leave-one-animal-out training needs HR data of at least two "
+        f"animals, found {FOLDS}"
+    )
+
 
 wildcard_constraints:
     dataset="|".join(samples.index),
     synthetic="synthetic1|synthetic2",
+    fold="|".join(FOLDS),
+    arch="|".join(TRAINED) or "^$",
+    baseline="|".join(BASELINES) or "^$",
+    strategy="|".join(STRATEGY_PAIRS),
+    loss="l1|l2",
 
 
 def volume_file(spec):
@@ -50,25 +74,51 @@ def sheet_value(column):
     return inner
 
 
-def datasets_with(column):
-    """Datasets whose sheet row fills the given column."""
-    return [d for d in samples.index if samples.loc[d, column]]
-
-
 def dataset_seed(base, dataset):
     """A stable per-dataset seed (independent of Python's hash randomisation)."""
     return zlib.crc32(f"{base}/{dataset}".encode())
 
 
+def training_datasets(fold):
+    """Paired datasets of every animal but the held-out one."""
+    return [d for d in PAIRED if samples.loc[d, "animal"] != fold]
+
+
+def get_training_volumes(side):
+    """Input function: the LR (side 0) or HR (side 1) volumes of a fold and strategy."""
+
+    def inner(wildcards):
+        name = STRATEGY_PAIRS[wildcards.strategy][side]
+        return [
+            f"results/{d}/prepare/{name}.ome.zarr"
+            for d in training_datasets(wildcards.fold)
+        ]
+
+    return inner
+
+
+def get_fold_model(wildcards):
+    """Input function: the model trained without the dataset's animal."""
+    fold = samples.loc[wildcards.dataset, "animal"]
+    model = f"{wildcards.arch}_{wildcards.strategy}_{wildcards.loss}"
+    return f"results/models/{fold}/{model}/model.pt"
+
+
 def get_final_output():
     """Every target of a full study on the configured sample sheet."""
-    paired = datasets_with("hr")
+    train = config["train"]
     return [
-        *expand("results/{dataset}/prepare/registration_qc.png", dataset=paired),
-        *expand("results/{dataset}/prepare/hr_denoised.ome.zarr", dataset=paired),
+        *expand("results/{dataset}/prepare/registration_qc.png", dataset=PAIRED),
         *expand(
-            "results/{dataset}/prepare/lr_{synthetic}.ome.zarr",
-            dataset=paired,
-            synthetic=["synthetic1", "synthetic2"],
+            "results/{dataset}/sr/{arch}_{strategy}_{loss}.ome.zarr",
+            dataset=PAIRED,
+            arch=TRAINED,
+            strategy=train["strategies"],
+            loss=train["losses"],
+        ),
+        *expand(
+            "results/{dataset}/sr/{baseline}.ome.zarr",
+            dataset=PAIRED,
+            baseline=BASELINES,
         ),
     ]
