@@ -197,7 +197,7 @@ def test_lr_of_other_tissue_fails_registration_with_its_score(tmp_path):
 
 
 def test_missing_input_file_is_named(tmp_path):
-    config = make_study(tmp_path, datasets=["brain1_ipsi"])
+    config = make_study(tmp_path, datasets=["brain1_ipsi", "brain2_ipsi"])
     sheet = (tmp_path / "samples.tsv").read_text()
     (tmp_path / "samples.tsv").write_text(sheet.replace("brain1_ipsi/lr.tif", "nowhere/lr.tif"))
     result = snakemake(tmp_path, "-n", config=config)
@@ -237,6 +237,12 @@ def test_inference_upsamples_by_tau_with_voxel_size(study):
     bicubic, _ = io.read_volume(study / "results/brain2_contra/sr/bicubic.ome.zarr")
     hr, _ = io.read_volume(prepare / "hr.ome.zarr")
     assert np.corrcoef(bicubic.ravel(), hr.ravel())[0, 1] > 0.6
+
+
+def test_training_needs_two_animals(tmp_path):
+    result = snakemake(tmp_path, "-n", config=make_study(tmp_path, datasets=["brain1_ipsi"]))
+    assert result.returncode != 0
+    assert "leave-one-animal-out training needs HR data of at least two animals" in result.stdout
 
 
 def test_unknown_architecture_is_rejected(tmp_path):

@@ -29,11 +29,6 @@ BASELINES = [name for name, spec in ARCHS.items() if spec["type"] == "bicubic"]
 PAIRED = [d for d in samples.index if samples.loc[d, "hr"]]
 # Leave-one-animal-out folds: a fold is named by the animal it holds out.
 FOLDS = sorted(set(samples.loc[PAIRED, "animal"]))
-if TRAINED and len(FOLDS) < 2:
-    raise ValueError(
-        f"{config['samples']}: leave-one-animal-out training needs HR data of at least two "
-        f"animals, found {FOLDS}"
-    )
 
 
 wildcard_constraints:
@@ -104,9 +99,15 @@ def get_fold_model(wildcards):
     return f"results/models/{fold}/{model}/model.pt"
 
 
-def get_final_output():
-    """Every target of a full study on the configured sample sheet."""
+def get_final_output(wildcards):
+    """Input function of rule all: every target of a full study on the sample sheet."""
     train = config["train"]
+    if TRAINED and len(FOLDS) < 2:
+        raise ValueError(
+            f"{config['samples']}: leave-one-animal-out training needs HR data of at least "
+            f"two animals, found {FOLDS}; list only bicubic under train: archs to prepare "
+            "and upsample a single animal"
+        )
     return [
         *expand("results/{dataset}/prepare/registration_qc.png", dataset=PAIRED),
         *expand(
