@@ -1,4 +1,8 @@
-"""Rules infer and infer_baseline: super-resolve an LR volume, slab by slab, tiled."""
+"""Rules infer, infer_baseline and enhance: run a network over a volume, slab by slab, tiled.
+
+``infer`` and ``infer_baseline`` super-resolve the LR volume (voxel size / τ); ``enhance``
+applies the super-resolver to the HR volume and keeps its voxel size.
+"""
 
 import json
 
@@ -6,11 +10,11 @@ import torch
 
 from emsrflow import io
 from emsrflow.archs import build_network
-from emsrflow.infer import predict_stack
+from emsrflow.infer import enhance_stack, predict_stack
 from emsrflow.runlog import rule_logger
 from emsrflow.train import load_model
 
-log = rule_logger(snakemake.log[0], "infer")
+log = rule_logger(snakemake.log[0], snakemake.rule)
 p, out = snakemake.params, snakemake.output
 torch.set_num_threads(snakemake.threads)
 tau = json.loads(open(snakemake.input.pair).read())["tau"]
@@ -19,15 +23,16 @@ if hasattr(snakemake.input, "model"):
 else:
     model = build_network({**p.spec, "scale": tau})
 options = {key: p.infer[key] for key in ("tile", "overlap", "batch", "tta", "precision", "device")}
-with io.open_volume(snakemake.input.lr) as lr:
-    shape = (lr.shape[0], lr.shape[1] * tau, lr.shape[2] * tau)
-    voxel_nm = (lr.voxel_size[0], lr.voxel_size[1] / tau, lr.voxel_size[2] / tau)
-    log.info("%s ×%d: %s → %s, %s", p.spec["type"], tau, lr.shape, shape, options)
+run, factor = (enhance_stack, 1) if snakemake.rule == "enhance" else (predict_stack, tau)
+with io.open_volume(snakemake.input.lr) as source:
+    shape = (source.shape[0], source.shape[1] * factor, source.shape[2] * factor)
+    voxel_nm = (source.voxel_size[0], *(n / factor for n in source.voxel_size[1:]))
+    log.info("%s ×%d: %s → %s, %s", p.spec["type"], tau, source.shape, shape, options)
     io.write_slabs(
         out.sr,
         shape,
         voxel_nm,
-        lambda z0, z1: predict_stack(model, lr.read(z0, z1), **options),
+        lambda z0, z1: run(model, source.read(z0, z1), **options),
         slab=p.io["slab"],
         chunks=p.io["chunks"],
     )

@@ -12,6 +12,7 @@ from emsrflow import infer
 from emsrflow.archs import build_network
 from emsrflow.infer import (
     enhance_section,
+    enhance_stack,
     plan_tiles,
     predict_section,
     predict_stack,
@@ -354,3 +355,14 @@ def test_cuda_matches_cpu(precision):
     cuda = predict_section(model, image, precision=precision, device="cuda", **options)
     assert cuda.shape == cpu.shape
     assert _psnr(cuda, cpu) > 40
+
+
+def test_enhance_stack_matches_sections():
+    from emsrflow.archs import build_network
+
+    model = build_network({"type": "bicubic", "scale": 3})
+    stack = np.random.default_rng(0).random((2, 20, 17)).astype(np.float32)
+    out = enhance_stack(model, stack, tile=16, overlap=4)
+    assert out.shape == stack.shape
+    for section, enhanced in zip(stack, out, strict=True):
+        np.testing.assert_allclose(enhanced, enhance_section(model, section, tile=16, overlap=4))

@@ -36,6 +36,7 @@ TINY_TRAIN = {
         "seed": 0,
     },
     "gpus": 0,
+    "threads": 1,
 }
 TINY_INFER = {
     "tile": 32,
@@ -45,6 +46,8 @@ TINY_INFER = {
     "precision": "bf16",
     "device": "auto",
     "gpus": 0,
+    "threads": 1,
+    "enhance": True,
 }
 
 
@@ -263,3 +266,13 @@ def test_gpu_requested_where_none_exists_fails_clearly(study):
     assert result.returncode != 0
     assert "CUDA requested" in result.stdout
     assert not (study / target).exists()
+
+
+def test_enhancer_keeps_the_hr_grid(study):
+    hr, hr_nm = io.read_volume(study / "results/brain3_ipsi/prepare/hr.ome.zarr")
+    enhanced, enhanced_nm = io.read_volume(
+        study / "results/brain3_ipsi/enhanced/emsrnet_denoised_l1.ome.zarr"
+    )
+    assert enhanced.shape == hr.shape
+    np.testing.assert_allclose(enhanced_nm, hr_nm, rtol=1e-6)
+    assert np.corrcoef(enhanced.ravel(), hr.ravel())[0, 1] > 0.5

@@ -37,6 +37,7 @@ __all__ = [
     "Span",
     "Tile",
     "enhance_section",
+    "enhance_stack",
     "plan_tiles",
     "predict_section",
     "predict_stack",
@@ -455,3 +456,17 @@ def enhance_section(model: nn.Module, image: np.ndarray, **options) -> np.ndarra
     """
     array = np.asarray(image, dtype=np.float32)
     return bicubic(predict_section(model, array, **options), array.shape, antialias=True)
+
+
+def enhance_stack(model: nn.Module, stack: np.ndarray, **options) -> np.ndarray:
+    """Enhance every HR section of a stack at its own resolution.
+
+    See :func:`enhance_section`; sections are processed as by :func:`predict_stack`.
+
+    Returns
+    -------
+    ndarray
+        float32 stack of the input's shape, clipped to [0, 1].
+    """
+    array = np.asarray(stack, dtype=np.float32)
+    return bicubic(predict_stack(model, array, **options), array.shape[1:], antialias=True)

@@ -100,7 +100,7 @@ def get_fold_model(wildcards):
 
 
 def get_final_output(wildcards):
-    """Input function of rule all: every target of a full study on the sample sheet."""
+    """Input function of the default target: every output of a full study."""
     train = config["train"]
     if TRAINED and len(FOLDS) < 2:
         raise ValueError(
@@ -121,5 +121,12 @@ def get_final_output(wildcards):
             "results/{dataset}/sr/{baseline}.ome.zarr",
             dataset=PAIRED,
             baseline=BASELINES,
+        ),
+        *expand(
+            "results/{dataset}/enhanced/{arch}_{strategy}_{loss}.ome.zarr",
+            dataset=PAIRED if config["infer"]["enhance"] else [],
+            arch=TRAINED,
+            strategy=train["strategies"],
+            loss=train["losses"],
         ),
     ]

@@ -12,7 +12,7 @@ rule infer:
         "results/benchmarks/infer/{dataset}/{arch}_{strategy}_{loss}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
-    threads: 2
+    threads: config["infer"]["threads"]
     resources:
         mem_mb=4000,
         gpu=config["infer"]["gpus"],
@@ -37,11 +37,37 @@ rule infer_baseline:
         "results/benchmarks/infer/{dataset}/{baseline}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
-    threads: 2
+    threads: config["infer"]["threads"]
     resources:
         mem_mb=4000,
     params:
         spec=lambda wildcards: ARCHS[wildcards.baseline],
+        infer=config["infer"],
+        io=config["io"],
+    script:
+        "../../scripts/infer.py"
+
+
+rule enhance:
+    """Apply a trained super-resolver to the HR volume at its own resolution."""
+    input:
+        lr="results/{dataset}/prepare/hr.ome.zarr",
+        pair="results/{dataset}/prepare/pair.json",
+        model=get_fold_model,
+    output:
+        sr=directory("results/{dataset}/enhanced/{arch}_{strategy}_{loss}.ome.zarr"),
+    log:
+        "results/logs/enhance/{dataset}/{arch}_{strategy}_{loss}.log",
+    benchmark:
+        "results/benchmarks/enhance/{dataset}/{arch}_{strategy}_{loss}.tsv"
+    conda:
+        "../../envs/emsrflow.yaml"
+    threads: config["infer"]["threads"]
+    resources:
+        mem_mb=4000,
+        gpu=config["infer"]["gpus"],
+    params:
+        spec=lambda wildcards: ARCHS[wildcards.arch],
         infer=config["infer"],
         io=config["io"],
     script:

@@ -12,7 +12,7 @@ rule train:
         "results/benchmarks/train/{fold}/{arch}_{strategy}_{loss}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
-    threads: 2
+    threads: config["train"]["threads"]
     resources:
         mem_mb=8000,
         runtime=24 * 60,
