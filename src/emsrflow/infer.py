@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import resolve_device
 from .resize import bicubic
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "plan_tiles",
     "predict_section",
     "predict_stack",
-    "resolve_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,43 +181,6 @@ def plan_tiles(
         )
     ys, xs = (_plan_axis(int(n), tile, overlap, multiple) for n in shape_yx)
     return [Tile(y, x) for y in ys for x in xs]
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    """Return the torch device to run inference on.
-
-    Parameters
-    ----------
-    device : str, optional
-        ``None`` or ``"auto"`` (CUDA where available, else the CPU), or a torch device
-        string such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
-
-    Returns
-    -------
-    torch.device
-
-    Raises
-    ------
-    ValueError
-        If ``device`` is not a device name.
-    RuntimeError
-        If a CUDA device is asked for where CUDA is not available.
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(
-            f"device {device!r} is not a torch device: use 'auto', 'cpu' or 'cuda'"
-        ) from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {device!r} was requested but CUDA is not available (torch "
-            f"{torch.__version__}, CUDA build {torch.version.cuda}): set the device to "
-            "'auto' or 'cpu', or run on a machine with a GPU and a CUDA build of torch"
-        )
-    return resolved
 
 
 def _no_bf16_reason(device: torch.device) -> str | None:

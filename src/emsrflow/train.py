@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
+from .device import resolve_device
 from .errors import InputError
 from .io import atomic_output, to_float01
 
@@ -55,7 +56,6 @@ __all__ = [
     "emsr_loss",
     "load_model",
     "objective",
-    "resolve_device",
     "save_checkpoint",
     "train",
 ]
@@ -216,25 +216,6 @@ class TrainSettings:
         values = dataclasses.asdict(self)
         values["lambdas"] = list(self.lambdas)
         return values
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """Return the torch device for ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-
-    Raises
-    ------
-    RuntimeError
-        If CUDA is requested but not available.
-    """
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"CUDA requested (device: {name}) but torch.cuda.is_available() is False; "
-            "use device 'cpu' or 'auto', or run where a GPU and a CUDA build of torch exist"
-        )
-    return device
 
 
 # ---------------------------------------------------------------------------------------
