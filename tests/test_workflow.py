@@ -276,3 +276,27 @@ def test_enhancer_keeps_the_hr_grid(study):
     assert enhanced.shape == hr.shape
     np.testing.assert_allclose(enhanced_nm, hr_nm, rtol=1e-6)
     assert np.corrcoef(enhanced.ravel(), hr.ravel())[0, 1] > 0.5
+
+
+def test_tables_hold_every_method_dataset_and_slice(study):
+    slices = pd.read_parquet(study / "results/tables/slices.parquet")
+    methods = {f"emsrnet_{s}_l1" for s in TINY_TRAIN["strategies"]} | {"bicubic"}
+    assert set(slices.method) == methods
+    assert set(slices.dataset) == set(DATASETS)
+    assert len(slices) == len(methods) * len(DATASETS) * 12
+    assert (slices.status == "ok").all()
+    assert slices.fold.equals(slices.animal)
+    summary = pd.read_csv(study / "results/tables/summary.tsv", sep="\t")
+    assert (summary.dataset == "ALL DATASETS").sum() == len(methods)
+    bicubic = slices[slices.method == "bicubic"].groupby("dataset").psnr.mean()
+    row = summary[(summary.method == "bicubic") & (summary.dataset == "ALL DATASETS")]
+    assert row.psnr_mean.item() == pytest.approx(bicubic.mean())
+    html = (study / "results/tables/table2_ssim.html").read_text()
+    assert "<b>" in html and "ALL DATASETS" in html and "bicubic" in html
+
+
+def test_report_holds_the_tables(study):
+    result = snakemake(study, "--report", "report.html", config=study / "config.yaml")
+    assert result.returncode == 0, result.stdout[-3000:]
+    report = (study / "report.html").read_text()
+    assert "table2_psnr.html" in report and "registration_qc.png" in report

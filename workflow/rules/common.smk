@@ -29,6 +29,23 @@ BASELINES = [name for name, spec in ARCHS.items() if spec["type"] == "bicubic"]
 PAIRED = [d for d in samples.index if samples.loc[d, "hr"]]
 # Leave-one-animal-out folds: a fold is named by the animal it holds out.
 FOLDS = sorted(set(samples.loc[PAIRED, "animal"]))
+# Methods evaluated on every paired dataset: trained models and baselines.
+METHODS = [
+    *(
+        f"{arch}_{strategy}_{loss}"
+        for arch in TRAINED
+        for strategy in config["train"]["strategies"]
+        for loss in config["train"]["losses"]
+    ),
+    *BASELINES,
+]
+# Metrics of the tables: whether higher is better, and the decimals the paper shows.
+METRICS = {
+    "psnr": (True, 1),
+    "ssim": (True, 3),
+    "frc": (True, 3),
+    "frc_resolution_nm": (False, 1),
+}
 
 
 wildcard_constraints:
@@ -39,6 +56,8 @@ wildcard_constraints:
     baseline="|".join(BASELINES) or "^$",
     strategy="|".join(STRATEGY_PAIRS),
     loss="l1|l2",
+    method="|".join(METHODS),
+    metric="|".join(METRICS),
 
 
 def volume_file(spec):
@@ -99,6 +118,26 @@ def get_fold_model(wildcards):
     return f"results/models/{fold}/{model}/model.pt"
 
 
+def method_metadata(wildcards):
+    """Params function: the sheet and model fields of a dataset's evaluated method."""
+    row = samples.loc[wildcards.dataset]
+    arch, strategy, loss = (
+        (wildcards.method, "", "")
+        if wildcards.method in BASELINES
+        else wildcards.method.split("_")
+    )
+    return {
+        "dataset": wildcards.dataset,
+        "animal": row["animal"],
+        "hemisphere": row["hemisphere"],
+        "fold": row["animal"],
+        "method": wildcards.method,
+        "arch": arch,
+        "strategy": strategy,
+        "loss": loss,
+    }
+
+
 def get_final_output(wildcards):
     """Input function of the default target: every output of a full study."""
     train = config["train"]
@@ -110,6 +149,7 @@ def get_final_output(wildcards):
         )
     return [
         *expand("results/{dataset}/prepare/registration_qc.png", dataset=PAIRED),
+        *expand("results/tables/table2_{metric}.html", metric=METRICS),
         *expand(
             "results/{dataset}/sr/{arch}_{strategy}_{loss}.ome.zarr",
             dataset=PAIRED,

@@ -1,0 +1,30 @@
+"""Rule collect: every method's slice rows in one table, and the per-dataset summary."""
+
+import pandas as pd
+
+from emsrflow import io
+from emsrflow.runlog import rule_logger
+from emsrflow.tables import aggregate
+
+log = rule_logger(snakemake.log[0], "collect")
+out = snakemake.output
+text = {"strategy": str, "loss": str, "status": str}
+slices = pd.concat(
+    [
+        pd.read_csv(path, sep="\t", dtype=text, keep_default_na=False, na_values=["nan", "NaN"])
+        for path in snakemake.input
+    ],
+    ignore_index=True,
+)
+log.info(
+    "%d slices of %d methods on %d datasets",
+    len(slices),
+    slices.method.nunique(),
+    slices.dataset.nunique(),
+)
+with io.atomic_output(out.parquet) as tmp:
+    slices.to_parquet(tmp, index=False)
+with io.atomic_output(out.csv) as tmp:
+    slices.to_csv(tmp, index=False)
+with io.atomic_output(out.summary) as tmp:
+    aggregate(slices).to_csv(tmp, sep="\t", index=False, na_rep="nan")
