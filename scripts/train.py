@@ -18,6 +18,7 @@ with contextlib.ExitStack() as stack:
     lrs = [stack.enter_context(io.open_volume(path)) for path in snakemake.input.lr]
     hrs = [stack.enter_context(io.open_volume(path)) for path in snakemake.input.hr]
     tau = hrs[0].shape[2] // lrs[0].shape[2]
+    torch.manual_seed(settings.seed)  # the initial weights, so that a rerun is identical
     model = build_network({**p.spec, "scale": tau})
     log.info("%s ×%d on %d pairs: %s", p.spec["type"], tau, len(lrs), snakemake.input.lr)
     train(

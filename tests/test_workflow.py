@@ -293,6 +293,9 @@ def test_tables_hold_every_method_dataset_and_slice(study):
     assert row.psnr_mean.item() == pytest.approx(bicubic.mean())
     html = (study / "results/tables/table2_ssim.html").read_text()
     assert "<b>" in html and "ALL DATASETS" in html and "bicubic" in html
+    table3 = (study / "results/tables/table3_emsrnet_l1_frc.md").read_text()
+    assert "Table III" in table3 and "bicubic" not in table3
+    assert all(strategy in table3 for strategy in TINY_TRAIN["strategies"])
 
 
 def test_report_holds_the_tables(study):
@@ -300,3 +303,19 @@ def test_report_holds_the_tables(study):
     assert result.returncode == 0, result.stdout[-3000:]
     report = (study / "report.html").read_text()
     assert "table2_psnr.html" in report and "registration_qc.png" in report
+
+
+def test_training_reruns_bit_for_bit(study):
+    import torch
+
+    target = "results/models/brain2/emsrnet_denoised_l2/model.pt"
+    weights = []
+    for _ in range(2):
+        result = snakemake(study, target, "--forcerun", "train", config=study / "config.yaml")
+        assert result.returncode == 0, result.stdout[-3000:]
+        weights.append(torch.load(study / target, weights_only=True)["model"])
+        (study / target).chmod(0o644)  # protected(): allow the forced rerun to replace it
+        (study / target).unlink()
+        (study / target).with_name("checkpoint.pt").unlink()
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

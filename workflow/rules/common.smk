@@ -151,6 +151,12 @@ def get_final_output(wildcards):
         *expand("results/{dataset}/prepare/registration_qc.png", dataset=PAIRED),
         *expand("results/tables/table2_{metric}.html", metric=METRICS),
         *expand(
+            "results/tables/table3_{arch}_{loss}_{metric}.html",
+            arch=TRAINED,
+            loss=train["losses"],
+            metric=METRICS,
+        ),
+        *expand(
             "results/{dataset}/sr/{arch}_{strategy}_{loss}.ome.zarr",
             dataset=PAIRED,
             arch=TRAINED,

@@ -41,7 +41,7 @@ rule collect:
 
 
 rule table2:
-    """The paper's Table II (methods × datasets, mean ± std) for one metric."""
+    """The paper's Table II (datasets × methods, mean ± std) for one metric."""
     input:
         summary="results/tables/summary.tsv",
     output:
@@ -60,7 +60,46 @@ rule table2:
     conda:
         "../../envs/emsrflow.yaml"
     params:
+        select={},
+        columns="method",
+        title=lambda wildcards: f"Table II: {wildcards.metric}, methods × datasets",
         higher_is_better=lambda wildcards: METRICS[wildcards.metric][0],
         decimals=lambda wildcards: METRICS[wildcards.metric][1],
     script:
-        "../../scripts/table2.py"
+        "../../scripts/paper_table.py"
+
+
+rule table3:
+    """The paper's Table III (datasets × training strategies) of one network and loss."""
+    input:
+        summary="results/tables/summary.tsv",
+    output:
+        tables=multiext("results/tables/table3_{arch}_{loss}_{metric}", ".md", ".tex"),
+        html=report(
+            "results/tables/table3_{arch}_{loss}_{metric}.html",
+            caption="../report/table3.rst",
+            category="Results",
+            subcategory="Table III: training strategies × datasets",
+            labels={
+                "network": "{arch}",
+                "loss": "{loss}",
+                "metric": "{metric}",
+            },
+        ),
+    log:
+        "results/logs/table3/{arch}_{loss}_{metric}.log",
+    benchmark:
+        "results/benchmarks/table3/{arch}_{loss}_{metric}.tsv"
+    conda:
+        "../../envs/emsrflow.yaml"
+    params:
+        select=lambda wildcards: {"arch": wildcards.arch, "loss": wildcards.loss},
+        columns="strategy",
+        title=lambda wildcards: (
+            f"Table III: {wildcards.metric} of {wildcards.arch} [{wildcards.loss}], "
+            "training strategies × datasets"
+        ),
+        higher_is_better=lambda wildcards: METRICS[wildcards.metric][0],
+        decimals=lambda wildcards: METRICS[wildcards.metric][1],
+    script:
+        "../../scripts/paper_table.py"
