@@ -29,7 +29,7 @@ with io.open_volume(p.lr) as lr, io.open_volume(p.hr) as hr:
             f"{lr.path} has {lr.shape[0]} sections but {hr.path} has "
             f"{hr.shape[0]}: paired acquisitions must have the same sections"
         )
-    picks = np.unique(np.linspace(0, hr.shape[0] - 1, cfg["sections"]).round().astype(int))
+    picks = register.section_picks(hr.shape[0], cfg["sections"])
     lr_picks, hr_picks = (
         np.concatenate([io.to_float01(v.read(z, z + 1)) for z in picks]) for v in (lr, hr)
     )
@@ -37,7 +37,7 @@ with io.open_volume(p.lr) as lr, io.open_volume(p.hr) as hr:
         result = register.estimate_transform(lr_picks, hr_picks, scale=hr_nm[2] / lr_nm[2], **cfg)
     except InputError as error:
         raise type(error)(f"{lr.path} → {hr.path}: {error}") from error
-    result = dataclasses.replace(result, sections=tuple(int(picks[i]) for i in result.sections))
+    result = dataclasses.replace(result, sections=tuple(picks[i] for i in result.sections))
     log.info("transform %s, score %.3f", result.transform, result.score)
     shape = (lr.shape[0], *register.registered_shape(hr.shape, result.transform))
     voxel_nm = (lr_nm[0], *(hr_nm[i] * hr.shape[i] / shape[i] for i in (1, 2)))

@@ -38,6 +38,7 @@ __all__ = [
     "registered_shape",
     "resample_lr",
     "residuals",
+    "section_picks",
 ]
 
 
@@ -187,6 +188,15 @@ def _refine(section: np.ndarray, hr: np.ndarray, start: Similarity) -> Similarit
     return transform(optimize.minimize(cost, np.zeros(4), method="Nelder-Mead", options=options).x)
 
 
+def section_picks(count: int, sections: int) -> tuple[int, ...]:
+    """Return up to ``sections`` evenly spaced section indices of a stack of ``count``.
+
+    The first and last sections are always among them; registration estimates the
+    transform on these sections only.
+    """
+    return tuple(int(z) for z in np.unique(np.linspace(0, count - 1, sections).round()))
+
+
 def estimate_transform(
     lr: np.ndarray,
     hr: np.ndarray,
@@ -237,7 +247,7 @@ def estimate_transform(
             "scale must be positive, sections ≥ 1 and max_rotation_deg ≥ 0, got "
             f"{scale}, {sections} and {max_rotation_deg}"
         )
-    used = tuple(int(z) for z in np.unique(np.linspace(0, len(hr) - 1, sections).round()))
+    used = section_picks(len(hr), sections)
     out_shape = tuple(max(1, round(n * scale)) for n in hr.shape[1:])
     centre = (np.array(hr.shape[1:]) - 1) / 2
     downs, params = [], []
