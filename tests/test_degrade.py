@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from emsrflow.degrade import Synthetic2Ranges, degrade_section, degrade_stack
+from emsrflow.degrade import (
+    Synthetic2Ranges,
+    degrade_section,
+    degrade_stack,
+    integrate_axis,
+    slice_weights,
+)
 from emsrflow.resize import bicubic
 
 
@@ -61,3 +67,34 @@ def test_bad_arguments():
         degrade_section(np.zeros((9, 9)), 3, kind="gaussian", rng=np.random.default_rng())
     with pytest.raises(ValueError, match="noise_hr"):
         Synthetic2Ranges(noise_hr=(40.0, 20.0))
+
+
+@pytest.mark.parametrize(("rho", "sigma"), [(3.0, 0.0), (2.5, 0.0), (3.0, 0.7), (1.7, 1.3)])
+def testslice_weights(rho, sigma):
+    for k in range(4):
+        js, ws = slice_weights(k, rho, sigma)
+        assert ws.sum() == pytest.approx(1.0)
+        centre = np.dot(js, ws)
+        assert centre == pytest.approx(k * rho + (rho - 1) / 2, abs=0.1)
+    if rho == 3.0 and sigma == 0:
+        assert slice_weights(2, 3.0, 0.0)[0] == [6, 7, 8]
+
+
+def test_integrate_axis_box_and_blur():
+    rng = np.random.default_rng(0)
+    image = rng.random((30, 7)).astype(np.float32)
+    thick = integrate_axis(image, 0, 3.0)
+    assert thick.shape == (10, 7)
+    np.testing.assert_allclose(thick, image.reshape(10, 3, 7).mean(1), rtol=1e-6)
+    # Only the chosen axis changes: integrating columns leaves rows alone.
+    np.testing.assert_allclose(integrate_axis(image.T, 1, 3.0), thick.T, rtol=1e-6)
+    # Non-integer thickness: floor(n / ρ) slices, each a weighted mean (constant kept).
+    assert integrate_axis(np.ones((10, 4)), 0, 2.5).shape == (4, 4)
+    np.testing.assert_allclose(integrate_axis(np.ones((10, 4)), 0, 2.5, 1.0), 1.0, rtol=1e-6)
+    # Blur reaching past the ends is mirrored inside: a ramp keeps its mean.
+    ramp = np.arange(12, dtype=np.float32)[:, None]
+    assert integrate_axis(ramp, 0, 3.0, 2.0).mean() == pytest.approx(ramp.mean(), abs=0.6)
+    with pytest.raises(ValueError, match="ρ"):
+        integrate_axis(image, 0, 0.5)
+    with pytest.raises(ValueError, match="no slice"):
+        integrate_axis(image[:2], 0, 3.0)

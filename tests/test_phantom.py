@@ -10,7 +10,6 @@ from emsrflow.phantom import (
     Phantom,
     PhantomParams,
     TissueParams,
-    _slice_weights,
 )
 from emsrflow.transform import Similarity
 
@@ -269,17 +268,6 @@ def test_anisotropic_slices_integrate_the_truth(ph):
         mean = truth[int(k * rho) : int((k + 1) * rho)].mean(axis=0)
         c = np.corrcoef(ndimage.gaussian_filter(stack[k], 1.5).ravel(), mean.ravel())[0, 1]
         assert c > 0.85
-
-
-@pytest.mark.parametrize(("rho", "sigma"), [(3.0, 0.0), (2.5, 0.0), (3.0, 0.7), (1.7, 1.3)])
-def test_slice_weights(rho, sigma):
-    for k in range(4):
-        js, ws = _slice_weights(k, rho, sigma)
-        assert ws.sum() == pytest.approx(1.0)
-        centre = np.dot(js, ws)
-        assert centre == pytest.approx(k * rho + (rho - 1) / 2, abs=0.1)
-    if rho == 3.0 and sigma == 0:
-        assert _slice_weights(2, 3.0, 0.0)[0] == [6, 7, 8]
 
 
 # ------------------------------------------------------------------ validation

@@ -309,13 +309,22 @@ class VolumeReader:
         with _reading(self.path):
             return np.asarray(self._data[z0:z1])
 
-    def __getitem__(self, index: tuple[int, slice, slice]) -> np.ndarray:
-        """Read a rectangle of one section, ``reader[z, y0:y1, x0:x1]``.
+    def __getitem__(self, index: tuple[int | slice, slice, slice]) -> np.ndarray:
+        """Read a box, ``reader[z, y0:y1, x0:x1]`` or ``reader[z0:z1, y0:y1, x0:x1]``.
 
-        Zarr and HDF5 read only the chunks the rectangle touches (training patches);
-        TIFF reads the whole section.
+        Zarr and HDF5 read only the chunks the box touches (training patches, slabs of
+        rows or columns); TIFF reads one whole section at a time.
         """
         z, rows, cols = index
+        if isinstance(z, slice):
+            start, stop, step = z.indices(self.shape[0])
+            if step != 1:
+                raise ValueError(f"{self.path}: section step {step} is not supported")
+            with _reading(self.path):
+                if isinstance(self._data, _TiffPages):
+                    box = [self._data[k : k + 1][0, rows, cols] for k in range(start, stop)]
+                    return np.stack(box) if box else np.asarray(self._data[0:0][:, rows, cols])
+                return np.asarray(self._data[start:stop, rows, cols])
         if not 0 <= z < self.shape[0]:
             raise IndexError(f"{self.path}: section {z} outside 0:{self.shape[0]}")
         with _reading(self.path):

@@ -39,9 +39,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage, signal, special
+from scipy import ndimage, signal
 from scipy.spatial import cKDTree
 
+from .degrade import slice_weights
 from .transform import Similarity
 
 __all__ = [
@@ -1784,7 +1785,7 @@ class Phantom:
         cache: dict[int, np.ndarray] = {}
         out = np.empty((k1 - k0, ny, nx), np.uint8)
         for i, k in enumerate(range(k0, k1)):
-            js, ws = _slice_weights(k, p.thickness, p.axial_sigma_nm / v)
+            js, ws = slice_weights(k, p.thickness, p.axial_sigma_nm / v)
             acc = np.zeros((ny + 2 * m, nx + 2 * m), np.float64)
             for j, w in zip(js, ws, strict=True):
                 if j not in cache:
@@ -1973,26 +1974,6 @@ def _overlap_matrix(n: int, centres: np.ndarray, width: float) -> np.ndarray:
     a = centres[None, :] - width / 2
     b = centres[None, :] + width / 2
     return np.clip(np.minimum(hi, b) - np.maximum(lo, a), 0, None)
-
-
-def _slice_weights(k: int, rho: float, sigma: float):
-    """Clean z indices and weights of anisotropic slice ``k`` (box ρ ⊗ Gaussian σ)."""
-    a, b = k * rho - 0.5, (k + 1) * rho - 0.5
-    j = np.arange(math.floor(a - 4 * sigma) - 1, math.ceil(b + 4 * sigma) + 2)
-    if sigma <= 1e-6:
-        w = np.clip(np.minimum(j + 0.5, b) - np.maximum(j - 0.5, a), 0, None) / rho
-    else:
-
-        def g(x):
-            return x * special.ndtr(x) + np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-        def prim(lo, hi, edge):
-            return sigma * (g((hi - edge) / sigma) - g((lo - edge) / sigma))
-
-        w = (prim(j - 0.5, j + 0.5, a) - prim(j - 0.5, j + 0.5, b)) / rho
-    keep = w > 1e-6
-    j, w = j[keep], w[keep]
-    return [int(x) for x in j], w / w.sum()
 
 
 def _detect(img: np.ndarray, rng: np.random.Generator, p) -> np.ndarray:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import logging
 import math
 import operator
@@ -32,10 +33,10 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import torch
@@ -50,10 +51,12 @@ from .io import atomic_output, to_float01
 
 __all__ = [
     "CURVE_COLUMNS",
+    "OptimSettings",
     "PatchSampler",
     "TrainSettings",
     "augment_pair",
     "emsr_loss",
+    "fit",
     "load_model",
     "objective",
     "save_checkpoint",
@@ -99,29 +102,21 @@ def _real(name: str, value: Any, *, positive: bool = False) -> float:
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """Training hyperparameters (defaults: the EMSR paper's values, Sec. III.B.1).
+class OptimSettings:
+    """Settings of the optimisation loop shared by every trainer (:func:`fit`).
 
     Parameters
     ----------
     steps : int
         Optimizer steps in all (a resumed run may raise it).
     batch : int
-        Patch pairs per step.
+        Training samples per step.
     patch : int
-        LR patch size in pixels; the HR patch is τ times larger.
+        Training patch size in input pixels.
     lr : float
         Initial Adam learning rate.
     lr_halve_every : int
         The learning rate is halved every this many steps.
-    loss : {"l1", "l2"}
-        ℓp of the objective: mean absolute (``l1``) or mean squared (``l2``) error.
-    lambdas : tuple of float
-        (λ1, λ2, λ3) of eq. 16.
-    branch_noise : float
-        Largest σ (0–255 scale) of the noise of the noisier branch y′.
-    input_noise : float
-        Largest σ (0–255 scale) of the augmentation noise added to the LR patch.
     checkpoint_every : int
         Steps between checkpoints (and curve writes); the last step is always saved.
     log_every : int
@@ -143,10 +138,6 @@ class TrainSettings:
     patch: int = 48
     lr: float = 1e-4
     lr_halve_every: int = 50_000
-    loss: Literal["l1", "l2"] = "l1"
-    lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    branch_noise: float = 5.0
-    input_noise: float = 5.0
     checkpoint_every: int = 1000
     log_every: int = 50
     seed: int = 0
@@ -155,28 +146,10 @@ class TrainSettings:
     precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
-        def put(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
-
         for name in ("steps", "batch", "patch", "lr_halve_every", "checkpoint_every", "log_every"):
-            put(name, _integer(name, getattr(self, name), 1))
-        put("seed", _integer("seed", self.seed, 0))
-        put("lr", _real("lr", self.lr, positive=True))
-        put("branch_noise", _real("branch_noise", self.branch_noise))
-        put("input_noise", _real("input_noise", self.input_noise))
-        lambdas = self.lambdas
-        if isinstance(lambdas, str | bytes) or not isinstance(lambdas, Sequence | np.ndarray):
-            lambdas = ()
-        if len(lambdas) != 3:
-            raise ValueError(
-                f"training setting 'lambdas' must be three numbers (λ1, λ2, λ3), "
-                f"got {self.lambdas!r}"
-            )
-        put("lambdas", tuple(_real(f"lambdas[{i}]", v) for i, v in enumerate(lambdas)))
-        if not any(self.lambdas):
-            raise ValueError("training setting 'lambdas' must not be all zero")
-        if self.loss not in ("l1", "l2"):
-            raise ValueError(f"training setting 'loss' must be 'l1' or 'l2', got {self.loss!r}")
+            self._put(name, _integer(name, getattr(self, name), 1))
+        self._put("seed", _integer("seed", self.seed, 0))
+        self._put("lr", _real("lr", self.lr, positive=True))
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(
                 f"training setting 'precision' must be 'fp32' or 'bf16', got {self.precision!r}"
@@ -192,8 +165,11 @@ class TrainSettings:
                 f"got {self.device!r}"
             )
 
+    def _put(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainSettings:
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
         """Build settings from a mapping (a configuration section); missing keys default.
 
         Raises
@@ -212,10 +188,54 @@ class TrainSettings:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the settings as a plain dict (``lambdas`` as a list)."""
-        values = dataclasses.asdict(self)
-        values["lambdas"] = list(self.lambdas)
-        return values
+        """Return the settings as a plain dict (tuples as lists)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+
+@dataclass(frozen=True)
+class TrainSettings(OptimSettings):
+    """Settings of EMSR training (defaults: the EMSR paper's values, Sec. III.B.1).
+
+    The optimisation settings are those of :class:`OptimSettings` (``patch`` is the LR
+    patch size; the HR patch is τ times larger); further:
+
+    Parameters
+    ----------
+    loss : {"l1", "l2"}
+        ℓp of the objective: mean absolute (``l1``) or mean squared (``l2``) error.
+    lambdas : tuple of float
+        (λ1, λ2, λ3) of eq. 16.
+    branch_noise : float
+        Largest σ (0–255 scale) of the noise of the noisier branch y′.
+    input_noise : float
+        Largest σ (0–255 scale) of the augmentation noise added to the LR patch.
+    """
+
+    loss: Literal["l1", "l2"] = "l1"
+    lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    branch_noise: float = 5.0
+    input_noise: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._put("branch_noise", _real("branch_noise", self.branch_noise))
+        self._put("input_noise", _real("input_noise", self.input_noise))
+        lambdas = self.lambdas
+        if isinstance(lambdas, str | bytes) or not isinstance(lambdas, Sequence | np.ndarray):
+            lambdas = ()
+        if len(lambdas) != 3:
+            raise ValueError(
+                f"training setting 'lambdas' must be three numbers (λ1, λ2, λ3), "
+                f"got {self.lambdas!r}"
+            )
+        self._put("lambdas", tuple(_real(f"lambdas[{i}]", v) for i, v in enumerate(lambdas)))
+        if not any(self.lambdas):
+            raise ValueError("training setting 'lambdas' must not be all zero")
+        if self.loss not in ("l1", "l2"):
+            raise ValueError(f"training setting 'loss' must be 'l1' or 'l2', got {self.loss!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -463,7 +483,7 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
     rng_states: Mapping[str, Any],
-    settings: TrainSettings,
+    settings: OptimSettings,
     **extra: Any,
 ) -> None:
     """Write a training checkpoint atomically (a temporary sibling, then a rename).
@@ -481,7 +501,7 @@ def save_checkpoint(
         Optimizer steps done.
     rng_states : mapping
         Random states (``torch``, ``cuda``, ``numpy``, ``python``).
-    settings : TrainSettings
+    settings : OptimSettings
         The run's settings.
     **extra
         Further entries (the trainer saves its ``curve`` rows and ``seconds``).
@@ -567,10 +587,10 @@ def load_model(
 # Training
 
 
-def _write_curve(path: Path, rows: list[list[float]]) -> None:
+def _write_curve(path: Path, columns: Sequence[str], rows: list[list[float]]) -> None:
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(CURVE_COLUMNS)
+        writer.writerow(columns)
         for row in rows:
             writer.writerow([int(row[0]), *(f"{value:.9g}" for value in row[1:])])
 
@@ -600,7 +620,7 @@ def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before[1]
 
 
-def _resume_check(path: Path, checkpoint: dict, model: nn.Module, settings: TrainSettings) -> None:
+def _resume_check(path: Path, checkpoint: dict, model: nn.Module, settings: OptimSettings) -> None:
     spec = dict(model.spec)
     if dict(checkpoint["spec"]) != spec:
         raise ValueError(
@@ -638,10 +658,7 @@ def train(
 ) -> nn.Module:
     """Train ``model`` on LR/HR pairs with the no-clean-reference objective (eq. 16).
 
-    If ``checkpoint`` exists, training resumes from it: the network, optimizer,
-    scheduler, random states and curve are restored and the run continues to
-    ``settings.steps``. With ``settings.deterministic`` the result is then bit-identical
-    to an uninterrupted run on the same machine.
+    If ``checkpoint`` exists, training resumes from it (see :func:`fit`).
 
     Parameters
     ----------
@@ -652,14 +669,8 @@ def train(
         Training volumes (see :class:`PatchSampler`).
     settings : TrainSettings
         Hyperparameters.
-    checkpoint : str or os.PathLike
-        Checkpoint file, written atomically every ``settings.checkpoint_every`` steps and
-        at the end.
-    curve : str or os.PathLike
-        Training-curve CSV (:data:`CURVE_COLUMNS`, a row every ``settings.log_every``
-        steps and at the end), rewritten atomically with every checkpoint. TensorBoard
-        scalars go to ``tensorboard/`` beside it if the ``tensorboard`` package is
-        installed.
+    checkpoint, curve : str or os.PathLike
+        Checkpoint file and training-curve CSV (:data:`CURVE_COLUMNS`), see :func:`fit`.
     progress : bool
         Show a tqdm progress bar.
 
@@ -676,14 +687,29 @@ def train(
         settings (only ``steps`` may change on resume).
     RuntimeError
         If CUDA is requested but not available.
-
-    Notes
-    -----
-    A fresh run seeds torch's global generator (and Python's ``random``) with
-    ``settings.seed``; the network's initial weights are the caller's. Deterministic mode
-    is switched on only for the duration of the call.
     """
-    checkpoint, curve = Path(checkpoint), Path(curve)
+    _check_trainable(model)
+    rng = np.random.default_rng(settings.seed)
+    sampler = PatchSampler(pairs, int(model.scale), settings.patch, rng)
+    log.info(
+        "EMSR objective: %s ×%d on %d pair(s)", model.spec["type"], model.scale, len(sampler.pairs)
+    )
+    return fit(
+        model,
+        functools.partial(
+            sampler.batch, input_noise=settings.input_noise, branch_noise=settings.branch_noise
+        ),
+        functools.partial(objective, loss=settings.loss, lambdas=settings.lambdas),
+        settings,
+        rng,
+        terms=CURVE_COLUMNS[2:5],
+        checkpoint=checkpoint,
+        curve=curve,
+        progress=progress,
+    )
+
+
+def _check_trainable(model: nn.Module) -> None:
     spec = getattr(model, "spec", None)
     if not isinstance(spec, Mapping) or not hasattr(model, "scale"):
         raise ValueError(
@@ -694,9 +720,86 @@ def train(
         raise ValueError(
             f"nothing to train: network {spec.get('type')!r} has no trainable parameters"
         )
+
+
+def fit(
+    model: nn.Module,
+    draw: Callable[[int], tuple[np.ndarray, ...]],
+    loss: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    settings: OptimSettings,
+    rng: np.random.Generator,
+    *,
+    terms: Sequence[str],
+    checkpoint: str | os.PathLike,
+    curve: str | os.PathLike,
+    progress: bool = True,
+) -> nn.Module:
+    """Optimise ``model`` with Adam on batches from ``draw``, checkpointed and resumable.
+
+    Each step draws ``draw(settings.batch)`` (NumPy arrays, made tensors on the training
+    device), computes ``total, parts = loss(model, *tensors, precision=...)`` and takes an
+    Adam step; the learning rate is halved every ``settings.lr_halve_every`` steps.
+
+    If ``checkpoint`` exists, training resumes from it: the network, optimizer,
+    scheduler, random states (torch, Python and ``rng``) and curve are restored and the
+    run continues to ``settings.steps``. With ``settings.deterministic`` the result is
+    then bit-identical to an uninterrupted run on the same machine.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Network from :func:`emsrflow.archs.build_network` (it needs ``spec``); trained
+        in place.
+    draw : callable
+        ``draw(size)`` returns a training batch as a tuple of arrays; its randomness must
+        come from ``rng`` alone.
+    loss : callable
+        ``loss(model, *batch, precision=...)`` returns the scalar loss and its unweighted
+        parts (a detached 1D tensor of ``len(terms)`` values).
+    settings : OptimSettings
+        Settings of the loop (saved in the checkpoint; on resume, only ``steps`` may
+        differ).
+    rng : numpy.random.Generator
+        The generator ``draw`` uses; its state is checkpointed.
+    terms : sequence of str
+        Names of the loss parts: the curve's columns are ``step, loss, *terms, lr,
+        seconds``.
+    checkpoint : str or os.PathLike
+        Checkpoint file, written atomically every ``settings.checkpoint_every`` steps and
+        at the end.
+    curve : str or os.PathLike
+        Training-curve CSV (a row every ``settings.log_every`` steps and at the end: the
+        means of the loss and its parts since the previous row, the learning rate and
+        the wall time so far), rewritten atomically with every checkpoint. TensorBoard
+        scalars go to ``tensorboard/`` beside it if the ``tensorboard`` package is
+        installed.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``, trained, in eval mode, on the training device.
+
+    Raises
+    ------
+    ValueError
+        If the network has nothing to train or the checkpoint is of another network or
+        other settings.
+    RuntimeError
+        If CUDA is requested but not available.
+
+    Notes
+    -----
+    A fresh run seeds torch's global generator (and Python's ``random``) with
+    ``settings.seed``; the network's initial weights are the caller's. Deterministic mode
+    is switched on only for the duration of the call.
+    """
+    _check_trainable(model)
+    checkpoint, curve = Path(checkpoint), Path(curve)
+    spec = model.spec
+    columns = ("step", "loss", *terms, "lr", "seconds")
     device = resolve_device(settings.device)
-    rng = np.random.default_rng(settings.seed)
-    sampler = PatchSampler(pairs, int(model.scale), settings.patch, rng)
 
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -704,7 +807,7 @@ def train(
         optimizer, step_size=settings.lr_halve_every, gamma=0.5
     )
     step, seconds, rows = 0, 0.0, []
-    running = torch.zeros(4, dtype=torch.float64, device=device)  # loss, 3 terms
+    running = torch.zeros(1 + len(terms), dtype=torch.float64, device=device)
     since_row = 0
     if checkpoint.exists():
         state = _read_checkpoint(checkpoint, "cpu")
@@ -715,7 +818,8 @@ def train(
         _set_rng_states(state["rng"], rng)
         step, seconds = int(state["step"]), float(state.get("seconds", 0.0))
         rows = [list(map(float, row)) for row in state.get("curve", [])]
-        running += torch.as_tensor(state.get("running", [0.0] * 4), dtype=torch.float64).to(device)
+        saved = state.get("running", [0.0] * len(running))
+        running += torch.as_tensor(saved, dtype=torch.float64).to(device)
         since_row = int(state.get("since_row", 0))
         log.info(
             "resuming %s at step %d of %d from %s", spec["type"], step, settings.steps, checkpoint
@@ -723,17 +827,10 @@ def train(
     else:
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
-        log.info(
-            "training %s ×%d on %d pair(s), %s, %d steps",
-            spec["type"],
-            model.scale,
-            len(sampler.pairs),
-            device,
-            settings.steps,
-        )
+        log.info("training %s on %s, %d steps", spec["type"], device, settings.steps)
 
     def save() -> None:
-        _write_curve(curve, rows)  # first: a checkpoint never has rows the CSV lacks
+        _write_curve(curve, columns, rows)  # first: a checkpoint never has rows the CSV lacks
         save_checkpoint(
             checkpoint,
             model,
@@ -755,23 +852,10 @@ def train(
         with _determinism(settings.deterministic, device):
             tic = time.perf_counter()
             while step < settings.steps:
-                lr, lr_noisy, hr = (
-                    torch.from_numpy(a).to(device, non_blocking=True)
-                    for a in sampler.batch(
-                        settings.batch,
-                        input_noise=settings.input_noise,
-                        branch_noise=settings.branch_noise,
-                    )
-                )
-                total, terms = objective(
-                    model,
-                    lr,
-                    lr_noisy,
-                    hr,
-                    loss=settings.loss,
-                    lambdas=settings.lambdas,
-                    precision=settings.precision,
-                )
+                batch = [
+                    torch.from_numpy(a).to(device, non_blocking=True) for a in draw(settings.batch)
+                ]
+                total, parts = loss(model, *batch, precision=settings.precision)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
@@ -780,7 +864,7 @@ def train(
                 step += 1
                 since_row += 1
                 running[0] += total.detach()
-                running[1:] += terms
+                running[1:] += parts
                 bar.update()
                 if step % settings.log_every == 0 or step == settings.steps:
                     now = time.perf_counter()
@@ -791,7 +875,7 @@ def train(
                     since_row = 0
                     bar.set_postfix(loss=f"{means[0]:.4g}", lr=f"{rate:.3g}")
                     if board is not None:
-                        for name, value in zip(CURVE_COLUMNS[1:6], [*means, rate], strict=True):
+                        for name, value in zip(columns[1:-1], [*means, rate], strict=True):
                             board.add_scalar(f"train/{name}", value, step)
                 if step % settings.checkpoint_every == 0 or step == settings.steps:
                     now = time.perf_counter()
@@ -808,7 +892,7 @@ def train(
                         checkpoint,
                     )
         if not curve.exists():  # a resumed run that had nothing left to train
-            _write_curve(curve, rows)
+            _write_curve(curve, columns, rows)
     finally:
         bar.close()
         if board is not None:
