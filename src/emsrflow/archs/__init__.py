@@ -16,11 +16,14 @@ Registered architectures (:data:`ARCHS`):
     bicubic-upsampled image.
 ``swinir``
     :class:`~emsrflow.archs.swinir.SwinIR`, the SwinIR classical SR network.
+``uformer``
+    :class:`~emsrflow.archs.uformer.Uformer`, the A2I-3DEM U-shaped vision transformer
+    (Uformer-like); it works at the HR size on the interpolated LR image (``scale`` 1).
 ``bicubic``
     :class:`~emsrflow.archs.bicubic.Bicubic`, parameter-free bicubic upsampling.
 """
 
-from . import bicubic, emsrnet, swinir, unet
+from . import bicubic, emsrnet, swinir, uformer, unet
 from .registry import ARCHS, Registry, build_network
 
-__all__ = ["ARCHS", "Registry", "bicubic", "build_network", "emsrnet", "swinir", "unet"]
+__all__ = ["ARCHS", "Registry", "bicubic", "build_network", "emsrnet", "swinir", "uformer", "unet"]
