@@ -18,6 +18,7 @@ Writes benchmarks/results/isotropic_isbi.json (figures, settings, machine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -91,6 +92,9 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="stop training after this time (resumes)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "isotropic_isbi.json")
     args = parser.parse_args()
     if not args.data.exists():
@@ -117,7 +121,7 @@ def main() -> int:
         lr=args.lr,
         lr_halve_every=max(1, args.steps * 2 // 3),
         log_every=max(1, args.steps // 20),
-        checkpoint_every=args.steps,
+        checkpoint_every=max(1, args.steps // 20),
         seed=args.seed,
         device=args.device,
         precision=args.precision,
@@ -126,16 +130,25 @@ def main() -> int:
         axial_blur=(0.0, 0.5),
     )
     started = time.perf_counter()
+    chunk = max(1, args.steps // 20)
     with tempfile.TemporaryDirectory() as tmp:
-        train_isotropic(
-            model,
-            [train],
-            args.rho,
-            settings,
-            checkpoint=Path(tmp) / "checkpoint.pt",
-            curve=Path(tmp) / "curve.csv",
-            progress=False,
-        )
+        # Train in chunks resumed from the checkpoint, so that a time budget can stop it.
+        done = 0
+        while done < args.steps:
+            done = min(args.steps, done + chunk)
+            train_isotropic(
+                model,
+                [train],
+                args.rho,
+                dataclasses.replace(settings, steps=done),
+                checkpoint=Path(tmp) / "checkpoint.pt",
+                curve=Path(tmp) / "curve.csv",
+                progress=False,
+            )
+            elapsed = time.perf_counter() - started
+            print(f"step {done}: {elapsed:.0f} s", flush=True)
+            if args.minutes is not None and elapsed > 60 * args.minutes:
+                break
         curve = (Path(tmp) / "curve.csv").read_text()
     seconds = time.perf_counter() - started
     options = {"tile": 256, "overlap": 64, "device": args.device, "precision": args.precision}
@@ -144,7 +157,7 @@ def main() -> int:
     print(curve)
     print(f"ISBI 2012, {len(train)} training / {len(test)} test slices, ρ = {args.rho}")
     print(f"network {spec}: {sum(p.numel() for p in model.parameters()):,} parameters")
-    print(f"training: {args.steps} steps of {args.batch}×{args.patch}² in {seconds:.0f} s")
+    print(f"training: {done} steps of {args.batch}×{args.patch}² in {seconds:.0f} s")
     print(f"{'method':8} {'PSNR dB':>8} {'SSIM':>7} {'FRC':>7}")
     for name, row in scores.items():
         print(f"{name:8} {row['psnr']:8.2f} {row['ssim']:7.3f} {row['frc']:7.3f}")
@@ -159,6 +172,7 @@ def main() -> int:
         "test_slices": len(test),
         "spec": spec,
         "settings": settings.to_dict(),
+        "train_steps": done,
         "train_seconds": seconds,
         "scores": scores,
         "gain_db": gain,

@@ -20,6 +20,7 @@ Axial (slice-thickness) degradation
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -221,9 +222,17 @@ def integrate_axis(array: np.ndarray, axis: int, rho: float, sigma: float = 0.0)
     n = data.shape[axis]
     if not rho >= 1.0:
         raise ValueError(f"slice thickness ρ must be ≥ 1 pixel, got {rho}")
-    slices = math.floor(n / rho + 1e-9)
-    if slices < 1:
+    if math.floor(n / rho + 1e-9) < 1:
         raise ValueError(f"an axis of {n} pixels holds no slice of thickness ρ = {rho}")
+    matrix = _integration_matrix(n, float(rho), float(sigma))
+    moved = np.moveaxis(data, axis, -1)
+    return np.moveaxis(moved @ matrix.T, -1, axis)
+
+
+@functools.lru_cache(maxsize=256)
+def _integration_matrix(n: int, rho: float, sigma: float) -> np.ndarray:
+    """Weights (slices × n) of :func:`integrate_axis`, mirrored at the ends (read-only)."""
+    slices = math.floor(n / rho + 1e-9)
     matrix = np.zeros((slices, n), np.float64)
     for k in range(slices):
         indices, weights = slice_weights(k, rho, sigma)
@@ -231,5 +240,6 @@ def integrate_axis(array: np.ndarray, axis: int, rho: float, sigma: float = 0.0)
         mirrored = np.where(index < 0, -index - 1, index)
         mirrored = np.where(mirrored > n - 1, 2 * n - 1 - mirrored, mirrored)
         np.add.at(matrix[k], np.clip(mirrored, 0, n - 1), weights)
-    moved = np.moveaxis(data, axis, -1)
-    return np.moveaxis(moved @ matrix.T.astype(np.float32), -1, axis)
+    matrix = matrix.astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix

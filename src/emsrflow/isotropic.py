@@ -136,11 +136,12 @@ def _keys(t: np.ndarray) -> np.ndarray:
     return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
 
 
+@functools.lru_cache(maxsize=64)
 def cubic_matrix(n: int, size: int) -> np.ndarray:
     """Matrix (size × n) of cubic interpolation from n samples to ``size`` area-aligned ones.
 
     Output sample j sits at input coordinate (j + ½)·n/size − ½; samples past the ends
-    repeat the end values.
+    repeat the end values. float32, read-only (cached).
     """
     position = (np.arange(size) + 0.5) * n / size - 0.5
     base = np.floor(position).astype(int)
@@ -148,6 +149,8 @@ def cubic_matrix(n: int, size: int) -> np.ndarray:
     for offset in range(-1, 3):
         index = base + offset
         np.add.at(matrix, (np.arange(size), np.clip(index, 0, n - 1)), _keys(position - index))
+    matrix = matrix.astype(np.float32)
+    matrix.flags.writeable = False
     return matrix
 
 
@@ -173,7 +176,7 @@ def upsample_axis(array: np.ndarray, axis: int, size: int) -> np.ndarray:
         float32, clipped to [0, 1].
     """
     data = np.moveaxis(np.asarray(array, np.float32), axis, -1)
-    matrix = cubic_matrix(data.shape[-1], size).T.astype(np.float32)
+    matrix = cubic_matrix(data.shape[-1], size).T
     return np.moveaxis(np.clip(data @ matrix, 0.0, 1.0), -1, axis)
 
 
@@ -277,7 +280,7 @@ class IsoPairSampler:
             np.ascontiguousarray(patch),
             axis,
             self.rho,
-            blur=rng.uniform(*s.axial_blur),
+            blur=round(rng.uniform(*s.axial_blur), 2),  # a cached integration matrix
             noise=rng.uniform(*s.noise),
             line_noise=rng.uniform(*s.line_noise),
             rng=rng,

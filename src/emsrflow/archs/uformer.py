@@ -290,7 +290,15 @@ class Uformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Truncated-normal Linear weights with zero biases, unit LayerNorms (Uformer)."""
+        """Truncated-normal Linear weights with zero biases, unit LayerNorms (Uformer).
+
+        The output projection starts 100 times smaller than PyTorch's default, so that an
+        untrained network is close to the identity (its input, the interpolated image)
+        while every parameter still receives gradients from the first step.
+        """
+        with torch.no_grad():
+            self.output_proj.weight.mul_(0.01)
+            self.output_proj.bias.zero_()
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
