@@ -4,7 +4,7 @@ import pandas as pd
 
 from emsrflow import io
 from emsrflow.runlog import rule_logger
-from emsrflow.tables import aggregate
+from emsrflow.tables import METRICS, SEGMENTATION_METRICS, aggregate
 
 log = rule_logger(snakemake.log[0], "collect")
 out = snakemake.output
@@ -27,4 +27,6 @@ with io.atomic_output(out.parquet) as tmp:
 with io.atomic_output(out.csv) as tmp:
     slices.to_csv(tmp, index=False)
 with io.atomic_output(out.summary) as tmp:
-    aggregate(slices).to_csv(tmp, sep="\t", index=False, na_rep="nan")
+    # VOI and ARAND where some dataset has ground-truth labels (NaN for the others).
+    metrics = [*METRICS, *(m for m in SEGMENTATION_METRICS if m in slices.columns)]
+    aggregate(slices, metrics=metrics).to_csv(tmp, sep="\t", index=False, na_rep="nan")

@@ -1,7 +1,8 @@
-"""Rules infer, infer_baseline and enhance: run a network over a volume, slab by slab, tiled.
+"""Rules infer, infer_baseline, ablation_infer and enhance: run a network over a volume, tiled.
 
-``infer`` and ``infer_baseline`` super-resolve the LR volume (voxel size / τ); ``enhance``
-applies the super-resolver to the HR volume and keeps its voxel size.
+``infer`` and ``infer_baseline`` super-resolve the LR volume (voxel size / τ), and so does
+``ablation_infer`` on a noisier LR; ``enhance`` applies the super-resolver to the HR volume
+and keeps its voxel size.
 """
 
 import json
@@ -18,7 +19,7 @@ log = rule_logger(snakemake.log[0], snakemake.rule)
 p, out = snakemake.params, snakemake.output
 torch.set_num_threads(snakemake.threads)
 tau = json.loads(open(snakemake.input.pair).read())["tau"]
-if hasattr(snakemake.input, "model"):
+if getattr(snakemake.input, "model", None):  # trained networks; baselines are built
     model = load_model(snakemake.input.model, expect={"type": p.spec["type"], "scale": tau})
 else:
     model = build_network({**p.spec, "scale": tau})
@@ -32,7 +33,7 @@ with io.open_volume(snakemake.input.lr) as source:
         out.sr,
         shape,
         voxel_nm,
-        lambda z0, z1: run(model, source.read(z0, z1), **options),
+        lambda z0, z1: run(model, io.to_float01(source.read(z0, z1)), **options),
         slab=p.io["slab"],
         chunks=p.io["chunks"],
     )

@@ -3,6 +3,7 @@ import pytest
 
 from emsrflow.degrade import (
     Synthetic2Ranges,
+    add_noise,
     degrade_section,
     degrade_stack,
     integrate_axis,
@@ -98,3 +99,18 @@ def test_integrate_axis_box_and_blur():
         integrate_axis(image, 0, 0.5)
     with pytest.raises(ValueError, match="no slice"):
         integrate_axis(image[:2], 0, 3.0)
+
+
+def test_add_noise_has_the_level_asked_and_is_seeded_per_section(hr_stack):
+    noisy = add_noise(hr_stack, 10.0, seed=4)
+    assert noisy.dtype == np.float32 and noisy.shape == hr_stack.shape
+    assert np.std(noisy - hr_stack) * 255 == pytest.approx(10.0, rel=0.05)
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    slabs = np.concatenate(
+        [add_noise(hr_stack[z : z + 5], 10.0, seed=4, z0=z) for z in range(0, 12, 5)]
+    )
+    np.testing.assert_array_equal(slabs, noisy)
+    assert not np.array_equal(add_noise(hr_stack, 10.0, seed=5), noisy)
+    np.testing.assert_array_equal(add_noise(hr_stack, 0.0, seed=4), hr_stack)
+    with pytest.raises(ValueError, match="sigma"):
+        add_noise(hr_stack, -1.0, seed=4)

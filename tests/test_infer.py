@@ -17,6 +17,7 @@ from emsrflow.infer import (
     plan_tiles,
     predict_section,
     predict_stack,
+    time_sections,
 )
 
 TINY_EMSRNET = {
@@ -366,3 +367,17 @@ def test_enhance_stack_matches_sections():
     assert out.shape == stack.shape
     for section, enhanced in zip(stack, out, strict=True):
         np.testing.assert_allclose(enhanced, enhance_section(model, section, tile=16, overlap=4))
+
+
+def test_time_sections_times_each_section_after_a_warm_up(monkeypatch):
+    calls = []
+    monkeypatch.setattr(infer, "predict_stack", lambda model, stack, **o: calls.append(o))
+    stack = np.zeros((3, 8, 8), np.float32)
+    seconds = time_sections(None, stack, warmup=2, tile=8)
+    assert seconds.shape == (3,) and (seconds >= 0).all()
+    assert len(calls) == 5 and calls[0] == {"tile": 8}
+    model = build_network(TINY_EMSRNET)
+    seconds = time_sections(model, np.random.default_rng(0).random((2, 16, 16)), tile=16)
+    assert seconds.shape == (2,) and (seconds > 0).all()
+    with pytest.raises(ValueError, match="z ≥ 1"):
+        time_sections(model, np.zeros((0, 8, 8)))

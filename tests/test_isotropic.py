@@ -227,3 +227,15 @@ def test_short_training_beats_cubic_on_the_validation_protocol(tmp_path, phantom
             ]
         )
     assert scores["ours"] > scores["cubic"] + 0.3, scores
+
+
+def test_simulate_anisotropic_reads_slab_by_slab(tmp_path):
+    volume = (smooth_image((14, 9, 11)) * 255).astype(np.uint8)
+    write_volume(str(tmp_path / "iso.h5:/raw"), volume, (5, 5, 5))
+    whole = isotropic.integrate_axis(volume / 255.0, 0, 2.5)
+    with open_volume(str(tmp_path / "iso.h5:/raw")) as reader:
+        parts = [simulate_anisotropic(reader, 2.5, k, min(k + 2, 5)) for k in range(0, 5, 2)]
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-6)
+    assert simulate_anisotropic(volume, 2.5).shape == (5, 9, 11)
+    with pytest.raises(ValueError, match="ρ"):
+        simulate_anisotropic(volume[:2], 3.0)

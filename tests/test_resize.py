@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage
 
 from emsrflow.errors import InputError
-from emsrflow.resize import bicubic, integer_ratio, pair_shapes
+from emsrflow.resize import bicubic, integer_ratio, nearest, pair_shapes
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,16 @@ def test_bicubic_clips_overshoot_unless_asked_not_to():
     image[:, 16:] = 1.0
     assert bicubic(image, (64, 64)).max() <= 1.0
     assert bicubic(image, (64, 64), clip=False).max() > 1.0
+
+
+def test_nearest_keeps_labels_and_follows_the_area_aligned_grid():
+    labels = np.arange(2 * 9 * 9, dtype=np.uint32).reshape(2, 9, 9)
+    assert nearest(labels, (9, 9)).tolist() == labels.tolist()
+    down = nearest(labels, (3, 3))  # the centre pixel of each 3 × 3 block
+    assert down.dtype == np.uint32 and down.shape == (2, 3, 3)
+    assert down[0].tolist() == labels[0][1::3, 1::3].tolist()
+    up = nearest(labels[0], (18, 18))  # each pixel becomes a 2 × 2 block
+    assert up.tolist() == np.repeat(np.repeat(labels[0], 2, 0), 2, 1).tolist()
+    assert set(np.unique(nearest(labels, (7, 5)))) <= set(np.unique(labels))
+    with pytest.raises(ValueError, match="output shape"):
+        nearest(labels, (0, 3))

@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emsrflow.tables import ALL_DATASETS, METRICS, PaperTable, aggregate, cost_table, paper_table
+from emsrflow.tables import (
+    ALL_DATASETS,
+    METRICS,
+    SEGMENTATION_METRICS,
+    PaperTable,
+    aggregate,
+    cost_table,
+    metric_table,
+    paper_table,
+)
 
 NAN = math.nan
 EMSR = ("emsrnet_real_l1", "emsrnet", "real", "l1")
@@ -394,3 +403,67 @@ def test_cost_table_rejects_inconsistent_parameter_counts():
         cost_table(rows)
     with pytest.raises(ValueError, match="seconds_per_slice"):
         cost_table(rows.drop(columns="seconds_per_slice"))
+
+
+# --------------------------------------------------------------------------------------
+# metric_table (ablations) and segmentation metrics
+# --------------------------------------------------------------------------------------
+
+
+def ablation_summary():
+    """Three λ variants on two datasets, with PSNR, SSIM and ARAND (lower is better)."""
+    rows = []
+    for variant, psnr, arand in [("λ=(1, 0, 0)", 22.5, 0.40), ("λ=(1, 1, 1)", 22.7, 0.30)]:
+        for dataset, shift in (("b3_ipsi", 0.0), ("b3_contra", 1.0)):
+            rows += [
+                {
+                    "variant": variant,
+                    "dataset": dataset,
+                    "status": "ok",
+                    "psnr": psnr + shift + k,
+                    "ssim": 0.75,
+                    "arand": arand,
+                }
+                for k in (-0.1, 0.1)
+            ]
+    return aggregate(pd.DataFrame(rows), metrics=["psnr", "ssim", "arand"], by="variant")
+
+
+def test_metric_table_has_metrics_as_rows_and_variants_as_columns():
+    summary = ablation_summary()
+    metrics = {"psnr": (True, 1), "ssim": (True, 3), "arand": (False, 3)}
+    table = metric_table(summary, metrics, title="Table VI")
+    assert list(table.cells.columns) == ["λ=(1, 0, 0)", "λ=(1, 1, 1)"]
+    assert list(table.cells.index) == ["psnr ↑", "ssim ↑", "arand ↓"]
+    assert table.row_header == "Metric" and table.title == "Table VI"
+    # ALL DATASETS: mean ± sample std over the two dataset means (23.0 and 24.0)
+    assert table.cells.loc["psnr ↑", "λ=(1, 1, 1)"] == "23.2 ± 0.7"
+    assert table.ranks.loc["psnr ↑"].tolist() == [2, 1]
+    assert table.ranks.loc["ssim ↑"].tolist() == [1, 1]  # a tie shares the mark
+    assert table.ranks.loc["arand ↓"].tolist() == [2, 1]  # lower is better
+    one = metric_table(summary, metrics, dataset="b3_ipsi")
+    assert one.cells.loc["psnr ↑", "λ=(1, 0, 0)"] == "22.5 ± 0.1"  # std over slices
+    assert "| arand ↓ | <u>0.400 ± 0.000</u> | **0.300 ± 0.000** |" in one.to_markdown()
+
+
+def test_metric_table_checks_its_input():
+    summary = ablation_summary()
+    with pytest.raises(ValueError, match="voi_split"):
+        metric_table(summary, {"voi_split": (False, 3)})
+    with pytest.raises(ValueError, match="no 'brain9' rows"):
+        metric_table(summary, {"psnr": (True, 1)}, dataset="brain9")
+    twice = pd.concat([summary, summary])
+    with pytest.raises(ValueError, match="several"):
+        metric_table(twice, {"psnr": (True, 1)})
+
+
+def test_segmentation_metrics_are_summarised_where_labelled():
+    slices = make_slices()
+    labelled = slices.dataset == "brain1_ipsi"
+    for metric in SEGMENTATION_METRICS:
+        slices[metric] = np.where(labelled, 0.5, NAN)
+    summary = aggregate(slices, metrics=[*METRICS, *SEGMENTATION_METRICS])
+    rows = summary.set_index(["method", "dataset"])
+    assert rows.loc[("bicubic", "brain1_ipsi"), "arand_mean"] == pytest.approx(0.5)
+    assert np.isnan(rows.loc[("bicubic", "brain3_ipsi"), "voi_split_mean"])
+    assert rows.loc[("bicubic", ALL_DATASETS), "voi_merge_n"] == 1

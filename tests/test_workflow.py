@@ -49,6 +49,43 @@ TINY_INFER = {
     "threads": 1,
     "enhance": True,
 }
+TINY_ISO = {
+    "simulate_rho": 3.0,
+    "arch": {"type": "uformer", "channels": 8, "levels": 1, "depths": 1, "heads": 2, "window": 4},
+    "settings": {
+        "steps": 10,
+        "batch": 2,
+        "patch": 24,
+        "checkpoint_every": 5,
+        "log_every": 5,
+        "deterministic": True,
+    },
+    "passes": ["xz", "yz"],
+    "slab": 16,
+    "gpus": 0,
+    "threads": 1,
+}
+# The validation protocol: a dataset given only as an isotropic volume.
+SIMULATED = "brain3_ipsi"
+# Ablations off (the demo's cheap noise study holds out brain3, absent from some tests).
+NO_ABLATIONS = {
+    "folds": [],
+    "base": {"arch": "emsrnet", "strategy": "denoised", "loss": "l1"},
+    "noise": {"sigma": [], "methods": []},
+    "noisy_references": {"sigma": []},
+    "lambdas": [],
+    "hyperparameters": {},
+}
+# Every ablation study, as small as can be: on brain3_ipsi, three extra trainings (a noisy
+# reference, λ = (1, 0, 0) and window 2; λ = (1, 1, 1) is the base model itself).
+TINY_ABLATIONS = {
+    **NO_ABLATIONS,
+    "folds": ["brain3"],
+    "noise": {"sigma": [8], "methods": ["bicubic"]},
+    "noisy_references": {"sigma": [50]},
+    "lambdas": [[1, 1, 1], [1, 0, 0]],
+    "hyperparameters": {"window": [2]},
+}
 
 
 def snakemake(workdir, *args, config=None):
@@ -66,10 +103,20 @@ def make_study(workdir, datasets=DATASETS, **overrides):
     """Write a config and sample sheet for some demo datasets into ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     sheet = pd.read_csv(ROOT / "config" / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    simulated = sheet.dataset == SIMULATED
+    sheet.loc[simulated, "isotropic"] = f"resources/phantom/{SIMULATED}/anisotropic_clean.ome.zarr"
     sheet[sheet.dataset.isin(datasets)].to_csv(workdir / "samples.tsv", sep="\t", index=False)
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["samples"] = "samples.tsv"
-    config.update({"train": TINY_TRAIN, "infer": TINY_INFER, **overrides})
+    config.update(
+        {
+            "train": TINY_TRAIN,
+            "infer": TINY_INFER,
+            "isotropic": TINY_ISO,
+            "ablations": NO_ABLATIONS,
+            **overrides,
+        }
+    )
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir / "config.yaml"
 
@@ -77,13 +124,14 @@ def make_study(workdir, datasets=DATASETS, **overrides):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("study")
-    result = snakemake(workdir, config=make_study(workdir))
+    result = snakemake(workdir, config=make_study(workdir, ablations=TINY_ABLATIONS))
     assert result.returncode == 0, result.stdout[-5000:]
     return workdir
 
 
 def test_dry_run_lists_every_rule(tmp_path):
-    result = snakemake(tmp_path, "-n", config=make_study(tmp_path))
+    config = make_study(tmp_path, ablations=TINY_ABLATIONS)
+    result = snakemake(tmp_path, "-n", config=config)
     assert result.returncode == 0, result.stdout
     for rule in (
         "phantom",
@@ -94,9 +142,35 @@ def test_dry_run_lists_every_rule(tmp_path):
         "train",
         "infer",
         "infer_baseline",
+        "table4",
+        "add_noise",
+        "ablation_infer",
+        "ablation_evaluate",
+        "ablation",
         "all",
     ):
-        assert rule in result.stdout
+        assert f"rule {rule}:" in result.stdout, rule
+
+
+@pytest.mark.parametrize(
+    ("ablations", "message"),
+    [
+        (
+            {"noise": {"sigma": [4], "methods": ["edsr_real_l1"]}},
+            "ablations: noise: methods ['edsr_real_l1'] are not methods of the study",
+        ),
+        ({"lambdas": [[1, 0, 0]], "folds": ["brain7"]}, "ablations: folds ['brain7']"),
+        (
+            {"lambdas": [[1, 0, 0]], "base": {"arch": "bicubic", "strategy": "real", "loss": "l1"}},
+            "ablations: base: arch 'bicubic' is not a trained network",
+        ),
+    ],
+)
+def test_bad_ablation_config_is_named(tmp_path, ablations, message):
+    config = make_study(tmp_path, ablations={**NO_ABLATIONS, **ablations})
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert message in result.stdout
 
 
 def test_registration_recovers_the_phantom_transform(study):
@@ -257,12 +331,13 @@ def test_unknown_architecture_is_rejected(tmp_path):
 
 def test_gpu_requested_where_none_exists_fails_clearly(study):
     settings = {**TINY_TRAIN["settings"], "device": "cuda"}
-    config = make_study(study, train={**TINY_TRAIN, "settings": settings})
+    train = {**TINY_TRAIN, "settings": settings}
+    config = make_study(study, train=train, ablations=TINY_ABLATIONS)
     target = "results/models/brain1/emsrnet_real_l2/model.pt"
     try:
         result = snakemake(study, target, config=config)
     finally:
-        make_study(study)
+        make_study(study, ablations=TINY_ABLATIONS)
     assert result.returncode != 0
     assert "CUDA requested" in result.stdout
     assert not (study / target).exists()
@@ -298,11 +373,87 @@ def test_tables_hold_every_method_dataset_and_slice(study):
     assert all(strategy in table3 for strategy in TINY_TRAIN["strategies"])
 
 
+def test_phantom_datasets_are_scored_against_their_labels(study):
+    slices = pd.read_parquet(study / "results/tables/slices.parquet")
+    segmentation = ["voi_split", "voi_merge", "arand"]
+    assert set(segmentation) <= set(slices.columns)
+    assert np.isfinite(slices[segmentation].to_numpy()).all()
+    assert (slices[segmentation] >= 0).all().all() and (slices.arand <= 1).all()
+    summary = pd.read_csv(study / "results/tables/summary.tsv", sep="\t")
+    assert np.isfinite(summary[[f"{m}_mean" for m in segmentation]].to_numpy()).all()
+    table = (study / "results/tables/table2_arand.md").read_text()
+    assert "Table II: arand" in table and "bicubic" in table
+    assert (study / "results/figures/boxplot_voi_split.png").stat().st_size > 10_000
+
+
+def test_table4_counts_parameters_and_times_slices(study):
+    from emsrflow.train import load_model
+
+    timings = pd.read_csv(study / "results/tables/table4.tsv", sep="\t")
+    assert list(dict.fromkeys(timings.method)) == ["bicubic", "emsrnet"]
+    assert (timings.seconds_per_slice > 0).all() and (timings.device == "cpu").all()
+    assert timings[timings.method == "bicubic"].parameters.isna().all()
+    model = load_model(study / "results/models/brain1/emsrnet_real_l1/model.pt")
+    count = sum(weight.numel() for weight in model.parameters())
+    assert timings[timings.method == "emsrnet"].parameters.unique().tolist() == [count]
+    table = (study / "results/tables/table4.md").read_text()
+    assert "#Parameters (million)" in table and "Time (seconds per slice)" in table
+    assert f"{count / 1e6:.3f}" in table and "64×64 LR → 192×192 SR, cpu" in table
+
+
+def test_ablation_tables_and_plots_hold_every_variant(study):
+    variants = {
+        "noise": ["bicubic σ=0", "bicubic σ=8"],
+        "noisy_references": ["σ=0", "σ=50"],
+        "lambdas": ["λ=(1, 1, 1)", "λ=(1, 0, 0)"],
+        "hyperparameters": ["window=2"],
+    }
+    for name, labels in variants.items():
+        table = (study / f"results/tables/ablation_{name}.md").read_text()
+        assert "brain3\\_ipsi; mean ± std over its slices" in table
+        for label in labels:
+            assert label.replace("_", "\\_") in table, (name, label)
+        assert "| arand ↓ |" in table
+        summary = pd.read_csv(study / f"results/ablations/{name}/summary.tsv", sep="\t")
+        assert set(summary.dataset) == {"brain3_ipsi", "ALL DATASETS"}
+        assert np.isfinite(summary.psnr_mean).all()
+        assert (study / f"results/figures/ablation_{name}.png").stat().st_size > 10_000
+    # The variants are models of their own, trained on the other folds' pairs.
+    for model in ("emsrnet_noisyref50_l1", "emsrnetlambda1x0x0_denoised_l1"):
+        assert (study / f"results/models/brain3/{model}/model.pt").exists()
+    assert not (study / "results/models/brain3/emsrnetlambda1x1x1_denoised_l1").exists()
+    assert not (study / "results/models/brain1/emsrnet_noisyref50_l1").exists()
+    # Noise σ = 8 on the LR: the slices of that variant differ from those at σ = 0.
+    slices = pd.read_parquet(study / "results/ablations/noise/slices.parquet")
+    bicubic = slices[slices.method == "bicubic"].groupby("variant").psnr.mean()
+    assert bicubic["bicubic σ=8"] < bicubic["bicubic σ=0"]
+
+
 def test_report_holds_the_tables(study):
     result = snakemake(study, "--report", "report.html", config=study / "config.yaml")
     assert result.returncode == 0, result.stdout[-3000:]
     report = (study / "report.html").read_text()
     assert "table2_psnr.html" in report and "registration_qc.png" in report
+    assert "table4.html" in report and "ablation_noise.png" in report
+
+
+def test_figures_are_drawn_and_frc_curves_match_the_tables(study):
+    figures = study / "results/figures"
+    names = [f"boxplot_{m}" for m in ("psnr", "ssim", "frc", "frc_resolution_nm")]
+    names += [f"training_{fold}" for fold in ("brain1", "brain2", "brain3")]
+    names += [f"{d}/{f}" for d in DATASETS for f in ("frc_curves", "comparison")]
+    names += [f"{d}/orthogonal_sections" for d in DATASETS]
+    for name in names:
+        assert (figures / f"{name}.png").stat().st_size > 10_000, name
+    slices = pd.read_parquet(study / "results/tables/slices.parquet")
+    for dataset in DATASETS:
+        curves = pd.read_csv(figures / f"{dataset}/frc_curves.tsv", sep="\t")
+        assert (curves.slices == 12).all()
+        # the mean over rings of the mean curve is the mean of the per-slice FRC scores
+        table = slices[slices.dataset == dataset].groupby("method").frc.mean()
+        pd.testing.assert_series_equal(
+            curves.groupby("method").frc_mean.mean(), table, check_names=False, rtol=1e-4
+        )
 
 
 def test_training_reruns_bit_for_bit(study):
@@ -319,3 +470,63 @@ def test_training_reruns_bit_for_bit(study):
         (study / target).with_name("checkpoint.pt").unlink()
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_isotropic_reconstruction_and_validation_protocol(study):
+    sources = {}
+    for dataset in ("brain1_ipsi", "brain2_contra", SIMULATED):
+        folder = study / f"results/{dataset}/isotropic"
+        meta = json.loads((folder / "anisotropic.json").read_text())
+        sources[dataset] = meta["source"]
+        assert meta["rho"] == pytest.approx(3.0)
+        reference, voxel = io.read_volume(str(folder / "reference.ome.zarr"))
+        for method in ("cubic", "uformer"):
+            volume, iso_voxel = io.read_volume(str(folder / f"{method}.ome.zarr"))
+            assert volume.shape == reference.shape == tuple(meta["isotropic_shape"])
+            assert iso_voxel == pytest.approx(voxel) and len(set(iso_voxel)) == 1
+            assert np.isfinite(volume).all() and 0 <= volume.min() and volume.max() <= 1
+        assert (study / f"results/figures/{dataset}/isotropic_sections.png").stat().st_size > 10_000
+    assert sources == {
+        "brain1_ipsi": "anisotropic",
+        "brain2_contra": "anisotropic",
+        SIMULATED: "simulated",
+    }
+    # The simulated stack averages 3 sections of the phantom's clean volume per slice.
+    clean, _ = io.read_volume(
+        str(study / f"resources/phantom/{SIMULATED}/anisotropic_clean.ome.zarr")
+    )
+    stack, voxel = io.read_volume(
+        str(study / f"results/{SIMULATED}/isotropic/anisotropic.ome.zarr")
+    )
+    np.testing.assert_allclose(stack[2], io.to_float01(clean)[6:9].mean(0), atol=1e-6)
+    assert voxel[0] == pytest.approx(3 * voxel[2])
+    summary = pd.read_csv(study / "results/tables/isotropic_summary.tsv", sep="\t")
+    assert set(summary.method) == {"cubic", "uformer"}
+    assert set(summary.dataset) == {"brain1_ipsi", "brain2_contra", SIMULATED, "ALL DATASETS"}
+    assert "uformer" in (study / "results/tables/isotropic_psnr.md").read_text()
+
+
+def test_trained_models_are_exported_as_tested_packages(study):
+    from emsrflow import bioimage
+
+    for fold in ("brain1", "brain2", "brain3"):
+        for strategy in TINY_TRAIN["strategies"]:
+            name = f"emsrnet_{strategy}_l1"
+            info = bioimage.inspect(study / f"results/packages/{fold}/{name}.zip")
+            assert info["tau"] == 3 and info["kind"] == "super-resolution"
+            training = info["training"]
+            assert (training["fold"], training["strategy"], training["loss"]) == (
+                fold,
+                strategy,
+                "l1",
+            )
+            assert training["datasets"] and not any(
+                d.startswith(fold) for d in training["datasets"]
+            )
+            assert info["weights"] == ["pytorch_state_dict", "torchscript"]
+    for dataset in ("brain1_ipsi", "brain2_contra", SIMULATED):
+        info = bioimage.inspect(study / f"results/packages/isotropic/{dataset}.zip")
+        assert info["kind"] == "isotropic" and info["tau"] == 1
+        assert info["training"]["datasets"] == [dataset]
+    log = (study / "results/logs/export/brain1/emsrnet_real_l1.log").read_text()
+    assert "bioimage.io test passed: Reproduce test outputs from test inputs (torchscript)" in log

@@ -33,10 +33,12 @@ from .resize import bicubic
 __all__ = [
     "KINDS",
     "Synthetic2Ranges",
+    "add_noise",
     "degrade_section",
     "degrade_stack",
     "integrate_axis",
     "slice_weights",
+    "slice_weights_within",
     "synthetic2_draw",
 ]
 
@@ -152,6 +154,44 @@ def degrade_stack(
     return np.stack(sections), rows
 
 
+def add_noise(stack: np.ndarray, sigma: float, *, seed: int, z0: int = 0) -> np.ndarray:
+    """Add zero-mean Gaussian noise to a stack, seeded per section (EMSR ablations).
+
+    The EMSR paper's noise ablations (Sec. III.G, Figs. 13 and 14) add Gaussian noise of
+    standard deviation σ on the 0–255 scale to the LR input at test time, or to the
+    denoised HR references used for training. Section ``z`` draws its noise from
+    ``default_rng([seed, z])``, so a volume processed in slabs gives exactly the result
+    of one processed at once; the result is clipped to [0, 1] as an 8-bit image would be.
+
+    Parameters
+    ----------
+    stack : ndarray
+        (z, y, x) float stack in [0, 1].
+    sigma : float
+        Standard deviation on the 0–255 intensity scale (≥ 0; 0 returns a copy).
+    seed : int
+        Seed of the whole volume.
+    z0 : int, optional
+        Index of the first section of ``stack`` in the whole volume.
+
+    Returns
+    -------
+    ndarray
+        float32 stack of the input's shape, clipped to [0, 1].
+    """
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"noise sigma must be a finite number ≥ 0, got {sigma}")
+    array = np.asarray(stack, dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(f"stack must be (z, y, x), got shape {array.shape}")
+    out = np.empty_like(array)
+    for i, section in enumerate(array):
+        rng = np.random.default_rng([seed, z0 + i])
+        noise = rng.normal(0.0, sigma / 255.0, section.shape).astype(np.float32)
+        out[i] = np.clip(section + noise, 0.0, 1.0)
+    return out
+
+
 def slice_weights(k: int, rho: float, sigma: float) -> tuple[list[int], np.ndarray]:
     """Isotropic indices and weights integrated by thick slice ``k``.
 
@@ -191,6 +231,15 @@ def slice_weights(k: int, rho: float, sigma: float) -> tuple[list[int], np.ndarr
     keep = w > 1e-6
     j, w = j[keep], w[keep]
     return [int(x) for x in j], w / w.sum()
+
+
+def slice_weights_within(k: int, rho: float, sigma: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`slice_weights` with indices mirrored into ``[0, n)`` (symmetric borders)."""
+    indices, weights = slice_weights(k, rho, sigma)
+    index = np.asarray(indices)  # mirrored about -0.5 and n - 0.5
+    index = np.where(index < 0, -index - 1, index)
+    index = np.where(index > n - 1, 2 * n - 1 - index, index)
+    return np.clip(index, 0, n - 1), weights
 
 
 def integrate_axis(array: np.ndarray, axis: int, rho: float, sigma: float = 0.0) -> np.ndarray:
@@ -235,11 +284,7 @@ def _integration_matrix(n: int, rho: float, sigma: float) -> np.ndarray:
     slices = math.floor(n / rho + 1e-9)
     matrix = np.zeros((slices, n), np.float64)
     for k in range(slices):
-        indices, weights = slice_weights(k, rho, sigma)
-        index = np.asarray(indices)  # mirrored about -0.5 and n - 0.5
-        mirrored = np.where(index < 0, -index - 1, index)
-        mirrored = np.where(mirrored > n - 1, 2 * n - 1 - mirrored, mirrored)
-        np.add.at(matrix[k], np.clip(mirrored, 0, n - 1), weights)
+        np.add.at(matrix[k], *slice_weights_within(k, rho, sigma, n))
     matrix = matrix.astype(np.float32)
     matrix.flags.writeable = False
     return matrix

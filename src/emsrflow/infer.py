@@ -24,6 +24,7 @@ network's outputs over the 8 flips and rotations of each tile.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "plan_tiles",
     "predict_section",
     "predict_stack",
+    "time_sections",
 ]
 
 log = logging.getLogger(__name__)
@@ -433,3 +435,43 @@ def enhance_stack(model: nn.Module, stack: np.ndarray, **options) -> np.ndarray:
     """
     array = np.asarray(stack, dtype=np.float32)
     return bicubic(predict_stack(model, array, **options), array.shape[1:], antialias=True)
+
+
+def time_sections(model: nn.Module, stack: np.ndarray, *, warmup: int = 1, **options) -> np.ndarray:
+    """Seconds :func:`predict_stack` takes to super-resolve each section of a stack.
+
+    Running time of the EMSR paper's Table IV: each section is super-resolved on its
+    own, as one call of :func:`predict_stack` with ``options`` (tiling, batch, TTA,
+    precision, device), and timed with :func:`time.perf_counter` from the LR array in
+    memory to the SR array back in memory (tiling, forward passes, blending and the
+    copy back from the device included; reading and writing files, building or loading
+    the network excluded). The first ``warmup`` sections are run once untimed before,
+    so that one-off costs (CUDA context, kernel selection, allocator) are not counted.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A super-resolver (see :func:`predict_section`).
+    stack : ndarray
+        (z, h, w) float LR stack in [0, 1]; every section is timed.
+    warmup : int, optional
+        Sections run untimed first (default 1).
+    **options
+        Keywords of :func:`predict_stack`.
+
+    Returns
+    -------
+    ndarray
+        float64 seconds per section, in the order of the stack.
+    """
+    array = np.asarray(stack, dtype=np.float32)
+    if array.ndim != 3 or array.shape[0] == 0:
+        raise ValueError(f"stack must be (z, y, x) with z ≥ 1, got shape {array.shape}")
+    for section in array[: max(0, warmup)]:
+        predict_stack(model, section[None], **options)
+    seconds = []
+    for section in array:
+        start = time.perf_counter()
+        predict_stack(model, section[None], **options)  # returns host memory: synchronised
+        seconds.append(time.perf_counter() - start)
+    return np.asarray(seconds, dtype=np.float64)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import zarr
 from torch import nn
 
-from .degrade import integrate_axis
+from .degrade import integrate_axis, slice_weights_within
 from .infer import predict_stack
 from .io import VolumeWriter, to_float01
 from .train import OptimSettings, fit
@@ -412,15 +412,39 @@ def train_isotropic(
     )
 
 
-def simulate_anisotropic(volume: np.ndarray, rho: float, sigma: float = 0.0) -> np.ndarray:
+def simulate_anisotropic(volume: Any, rho: float, k0: int = 0, k1: int | None = None) -> np.ndarray:
     """Average an isotropic volume along z into slices ρ thick (the validation protocol).
+
+    Slice k is the mean of the isotropic sections in [k·ρ − ½, (k + 1)·ρ − ½] (partial
+    sections weighted by their overlap; :func:`emsrflow.degrade.slice_weights`).
+
+    Parameters
+    ----------
+    volume : array-like
+        (z, y, x) isotropic volume: a NumPy array or :class:`emsrflow.io.VolumeReader`;
+        only the sections each slice needs are read.
+    rho : float
+        Slice thickness in sections (≥ 1).
+    k0, k1 : int, optional
+        Range of slices to make (default: all ``floor(z / ρ)``).
 
     Returns
     -------
     numpy.ndarray
-        float32 (floor(z / ρ), y, x) stack; see :func:`emsrflow.degrade.integrate_axis`.
+        float32 (k1 − k0, y, x) stack in [0, 1].
     """
-    return integrate_axis(to_float01(np.asarray(volume)), 0, rho, sigma)
+    depth = int(volume.shape[0])
+    slices = math.floor(depth / rho + 1e-9)
+    if not rho >= 1 or slices < 1:
+        raise ValueError(f"{depth} sections hold no slice of thickness ρ = {rho} (ρ ≥ 1)")
+    k1 = slices if k1 is None else k1
+    out = np.empty((max(0, k1 - k0), *volume.shape[1:]), np.float32)
+    for i, k in enumerate(range(k0, k1)):
+        index, weights = slice_weights_within(k, rho, 0.0, depth)
+        low = int(index.min())
+        block = to_float01(np.asarray(volume[low : int(index.max()) + 1, :, :]))
+        out[i] = np.tensordot(weights.astype(np.float32), block[index - low], axes=1)
+    return out
 
 
 def _spans(n: int, size: int) -> list[tuple[int, int]]:
@@ -520,5 +544,5 @@ def reconstruct(
             return mean.astype(dtype)
 
         with VolumeWriter(target, out_shape, dtype, voxel_size, chunks=chunks) as writer:
-            for z0, z1 in _spans(depth, min(depth, 64)):
+            for z0, z1 in _spans(depth, slab):  # memory: a few copies of `slab` sections
                 writer.write(z0, render(z0, z1))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-__all__ = ["bicubic", "integer_ratio", "pair_shapes"]
+__all__ = ["bicubic", "integer_ratio", "nearest", "pair_shapes"]
 
 #: Resolution ratios outside this range are rejected as nonsensical for lateral SR.
 RATIO_RANGE = (2, 32)
@@ -119,3 +119,36 @@ def bicubic(
     )[:, 0]
     out = (out.clamp_(0.0, 1.0) if clip else out).numpy()
     return out[0] if planar else out
+
+
+def nearest(stack: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize every slice of a stack by area-aligned nearest-neighbour sampling.
+
+    For label images (ground-truth segmentations) that must follow a volume resized by
+    :func:`bicubic`: output pixel ``i`` takes the input pixel under its centre,
+    ``floor((i + 1/2) · n_in / n_out)``, on the same area-aligned grid (pixel edges
+    coincide at the borders of the field of view). Values and dtype are kept; no new
+    label appears.
+
+    Parameters
+    ----------
+    stack : ndarray
+        (z, y, x) or (y, x) array of any dtype (labels).
+    shape : tuple of int
+        Output (y, x) shape.
+
+    Returns
+    -------
+    ndarray
+        Array of the input's dtype and the output shape.
+    """
+    array = np.asarray(stack)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"expected a (y, x) image or (z, y, x) stack, got shape {array.shape}")
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"output shape must be two sizes ≥ 1, got {tuple(shape)}")
+    y, x = (
+        np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.intp), n_in - 1)
+        for n_in, n_out in zip(array.shape[-2:], shape, strict=True)
+    )
+    return array[..., y[:, None], x[None, :]]

@@ -1,4 +1,4 @@
-r"""Result tables of a study in the layout of the EMSR paper (Tables II, III and IV).
+r"""Result tables of a study in the layout of the EMSR paper (Tables II to VI).
 
 Pure pandas: the functions take and return data frames (or :class:`PaperTable`), read
 and write no files.
@@ -14,6 +14,9 @@ and write no files.
     and second best underlined.
 :func:`cost_table`
     Table IV: parameters and running time per method.
+:func:`metric_table`
+    Tables V and VI (ablations): several metrics (rows) of one summary row per variant
+    (columns), e.g. the ALL DATASETS means of each hyper-parameter setting.
 :class:`PaperTable`
     The formatted cells and their ranks, rendered as Markdown, LaTeX or HTML.
 
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +47,11 @@ __all__ = [
     "ALL_DATASETS",
     "DDOF",
     "METRICS",
+    "SEGMENTATION_METRICS",
     "PaperTable",
     "aggregate",
     "cost_table",
+    "metric_table",
     "paper_table",
 ]
 
@@ -55,6 +60,10 @@ ALL_DATASETS = "ALL DATASETS"
 
 #: Slice-level metrics summarised by default (columns of the slice table).
 METRICS = ("psnr", "ssim", "frc", "frc_resolution_nm")
+
+#: Slice-level metrics against ground-truth labels (lower is better), present in the slice
+#: table only where labels were given (:func:`emsrflow.metrics.slice_metrics`).
+SEGMENTATION_METRICS = ("voi_split", "voi_merge", "arand")
 
 #: Delta degrees of freedom of every standard deviation: sample standard deviation.
 DDOF = 1
@@ -587,4 +596,76 @@ def cost_table(
         cells=cells,
         ranks=ranks,
         row_header="Method",
+    )
+
+
+def metric_table(
+    aggregated: pd.DataFrame,
+    metrics: Mapping[str, tuple[bool, int]],
+    *,
+    columns: str = "variant",
+    dataset: str = ALL_DATASETS,
+    title: str | None = None,
+) -> PaperTable:
+    """Tables V and VI: metrics (rows) × variants (columns), as the paper's ablations.
+
+    Each column is one value of ``columns`` (a variant: a hyper-parameter setting, a
+    choice of λ, a noise level), in its order of first appearance; each row one metric,
+    read from the variant's row of ``dataset`` in :func:`aggregate`'s summary (by
+    default ALL DATASETS, the mean ± std over the held-out datasets' means). Cells and
+    marks as in :func:`paper_table`: the best variant of each row in bold, the second
+    underlined, compared as displayed with the metric's own direction and decimals.
+
+    Parameters
+    ----------
+    aggregated : pandas.DataFrame
+        Output of :func:`aggregate`: columns ``dataset``, ``columns`` and
+        ``{metric}_mean``, ``{metric}_std`` of every metric.
+    metrics : mapping of str to (bool, int)
+        Metric → (higher is better, decimals), in the order of the rows.
+    columns : str, optional
+        Column of ``aggregated`` naming the variants (default ``"variant"``).
+    dataset : str, optional
+        The summary row used per variant (default :data:`ALL_DATASETS`).
+    title : str, optional
+        Caption; by default ``"Ablation (mean ± std over the datasets)"``.
+
+    Returns
+    -------
+    PaperTable
+        Row labels ``"{metric} ↑"`` or ``"{metric} ↓"``; row header ``"Metric"``.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing, no row holds ``dataset``, or a variant has several rows
+        of ``dataset``.
+    """
+    metrics = dict(metrics)
+    _require(
+        aggregated,
+        [columns, "dataset", *(f"{m}_{s}" for m in metrics for s in ("mean", "std"))],
+        "aggregated",
+    )
+    rows = aggregated[aggregated["dataset"] == dataset]
+    if rows.empty:
+        raise ValueError(f"aggregated has no {dataset!r} rows")
+    if rows[columns].duplicated().any():
+        raise ValueError(
+            f"aggregated has several {dataset!r} rows per {columns!r}: "
+            f"{sorted(set(rows.loc[rows[columns].duplicated(), columns]))}"
+        )
+    names = pd.Index(list(rows[columns]), dtype=object)
+    labels, cells, ranks = [], [], []
+    for metric, (higher_is_better, decimals) in metrics.items():
+        means, stds = (rows[f"{metric}_{s}"].astype(np.float64).to_numpy() for s in ("mean", "std"))
+        labels.append(f"{metric} {'↑' if higher_is_better else '↓'}")
+        cells.append([_cell(m, s, decimals) for m, s in zip(means, stds, strict=True)])
+        ranks.append(_ranks(list(means), decimals=decimals, higher_is_better=higher_is_better))
+    index = pd.Index(labels, dtype=object)
+    return PaperTable(
+        title=title or "Ablation (mean ± std over the datasets)",
+        cells=pd.DataFrame(cells, index=index, columns=names),
+        ranks=pd.DataFrame(ranks, index=index, columns=names),
+        row_header="Metric",
     )

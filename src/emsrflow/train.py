@@ -17,7 +17,9 @@ noise with σ ~ U[0, ``input_noise``] (0–255 scale) on the LR only (Sec. III.B
 Adam with the learning rate halved every ``lr_halve_every`` steps. Checkpoints hold the
 network, the optimizer, the scheduler, every random state and the training curve; a
 killed run resumes from its last checkpoint and, in deterministic mode, ends with
-weights bit-identical to an uninterrupted run.
+weights bit-identical to an uninterrupted run. That loop, :func:`fit`, is shared by every
+trainer of the package (:func:`train` here; self-supervised isotropic training in
+:mod:`emsrflow.isotropic`), each supplying its batches and its loss.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ if _repeated:
         f"{config['samples']}: column 'dataset' repeats the ids {_repeated}; ids must be unique"
     )
 samples = samples.set_index("dataset", drop=False)
+for _column in ("anisotropic", "isotropic", "anisotropic_voxel_nm", "labels"):
+    if _column not in samples:
+        samples[_column] = ""
 
 # Training pairs per strategy: (LR, HR) volumes under results/{dataset}/prepare/.
 STRATEGY_PAIRS = {
@@ -39,25 +42,177 @@ METHODS = [
     ),
     *BASELINES,
 ]
+# Isotropic reconstruction: datasets with an anisotropic stack or an isotropic volume, the
+# ones with a reference, and the methods compared (cubic interpolation and the network).
+ISOTROPIC = [
+    d
+    for d in samples.index
+    if samples.loc[d, "anisotropic"] or samples.loc[d, "isotropic"]
+]
+ISO_REFERENCED = [d for d in ISOTROPIC if samples.loc[d, "isotropic"]]
+ISO_NETWORK = config["isotropic"]["arch"]["type"]
+ISO_METHODS = ["cubic", ISO_NETWORK]
 # Metrics of the tables: whether higher is better, and the decimals the paper shows.
-METRICS = {
+IMAGE_METRICS = {
     "psnr": (True, 1),
     "ssim": (True, 3),
     "frc": (True, 3),
     "frc_resolution_nm": (False, 1),
 }
+# Paired datasets with ground-truth labels (sheet column `labels`, the phantom's): their
+# SR outputs are also segmented and scored by VOI and ARAND (lower is better).
+LABELLED = [d for d in PAIRED if samples.loc[d, "labels"]]
+SEGMENTATION_METRICS = {
+    "voi_split": (False, 3),
+    "voi_merge": (False, 3),
+    "arand": (False, 3),
+}
+METRICS = {**IMAGE_METRICS, **(SEGMENTATION_METRICS if LABELLED else {})}
+
+
+def level_name(value):
+    """Path-safe name of a number (noise σ, hyper-parameter): 4 → "4", 2.5 → "2p5"."""
+    return f"{value:.6f}".rstrip("0").rstrip(".").replace(".", "p")
+
+
+def level_value(name):
+    """The number of a :func:`level_name`."""
+    return float(name.replace("p", "."))
+
+
+# Ablation studies (EMSR paper Sec. III.G), each switched on by its `ablations:` entry:
+# study → variants, each a method evaluated on the held-out datasets of the ablation
+# folds, possibly with noise added to its LR input (`lr_noise`, a level name), drawn as
+# `series` over `level`. Variants that need training are models of the usual
+# {arch}_{strategy}_{loss} scheme, trained, inferred and evaluated by the usual rules:
+# extra networks (hyper-parameter and λ variants of the base network: ABLATION_ARCHS, with
+# their ABLATION_SETTINGS) and extra strategies (noisyref{σ}: the denoised HR with noise).
+ABLATIONS = config["ablations"]
+ABLATION_ARCHS, ABLATION_SETTINGS, ABLATION_STUDIES = {}, {}, {}
+
+
+def _variant(label, series, level, method, lr_noise=""):
+    return dict(
+        label=label, series=series, level=level, method=method, lr_noise=lr_noise
+    )
+
+
+def _base_model(arch, strategy=None):
+    """Model id of a variant of the ablations' base network, strategy and loss."""
+    base = ABLATIONS["base"]
+    return f"{arch}_{strategy or base['strategy']}_{base['loss']}"
+
+
+def _base_variant(name, spec=None, settings=None):
+    """Network name of the base network with some sizes or train settings changed: the
+    base network itself if nothing changes, else a new one (ABLATION_ARCHS)."""
+    arch = ABLATIONS["base"]["arch"]
+    spec = {**ARCHS[arch], **(spec or {})}
+    current = {"lambdas": [1.0, 1.0, 1.0], **config["train"]["settings"]}
+    settings = {k: v for k, v in (settings or {}).items() if current.get(k) != v}
+    if spec == ARCHS[arch] and not settings:
+        return arch
+    ABLATION_ARCHS[arch + name], ABLATION_SETTINGS[arch + name] = spec, settings
+    return arch + name
+
+
+if ABLATIONS["noise"]["sigma"]:
+    _unknown = sorted(set(ABLATIONS["noise"]["methods"]) - set(METHODS))
+    if _unknown:
+        raise ValueError(
+            f"ablations: noise: methods {_unknown} are not methods of the study {METHODS}"
+        )
+    ABLATION_STUDIES["noise"] = [
+        _variant(f"{m} σ={s:g}", m, f"{s:g}", m, level_name(s) if s else "")
+        for m in ABLATIONS["noise"]["methods"] or METHODS
+        for s in [0, *sorted(ABLATIONS["noise"]["sigma"])]
+    ]
+_trains = (
+    ABLATIONS["noisy_references"]["sigma"]
+    or ABLATIONS["lambdas"]
+    or ABLATIONS["hyperparameters"]
+)
+if _trains and ABLATIONS["base"]["arch"] not in TRAINED:
+    raise ValueError(
+        f"ablations: base: arch {ABLATIONS['base']['arch']!r} is not a trained network "
+        f"of train: archs {TRAINED}"
+    )
+if ABLATIONS["noisy_references"]["sigma"]:
+    ABLATION_STUDIES["noisy_references"] = []
+    for _sigma in [0, *sorted(ABLATIONS["noisy_references"]["sigma"])]:
+        _strategy = f"noisyref{level_name(_sigma)}" if _sigma else "denoised"
+        if _sigma:
+            STRATEGY_PAIRS[_strategy] = ("lr", f"hr_denoised_noise{level_name(_sigma)}")
+        _arch = ABLATIONS["base"]["arch"]
+        ABLATION_STUDIES["noisy_references"].append(
+            _variant(
+                f"σ={_sigma:g}",
+                f"{_arch} [{ABLATIONS['base']['loss']}]",
+                f"{_sigma:g}",
+                _base_model(_arch, _strategy),
+            )
+        )
+if ABLATIONS["lambdas"]:
+    ABLATION_STUDIES["lambdas"] = []
+    for _lambdas in ABLATIONS["lambdas"]:
+        _level = ", ".join(f"{v:g}" for v in _lambdas)
+        _arch = _base_variant(
+            "lambda" + "x".join(map(level_name, _lambdas)),
+            settings={"lambdas": list(_lambdas)},
+        )
+        ABLATION_STUDIES["lambdas"].append(
+            _variant(f"λ=({_level})", "λ1, λ2, λ3", _level, _base_model(_arch))
+        )
+if ABLATIONS["hyperparameters"]:
+    ABLATION_STUDIES["hyperparameters"] = []
+    for _key, _values in ABLATIONS["hyperparameters"].items():
+        for _value in _values:
+            _arch = _base_variant(
+                _key.replace("_", "") + level_name(_value), spec={_key: _value}
+            )
+            ABLATION_STUDIES["hyperparameters"].append(
+                _variant(f"{_key}={_value:g}", _key, f"{_value:g}", _base_model(_arch))
+            )
+_clash = sorted(set(ABLATION_ARCHS) & set(ARCHS))
+if _clash:
+    raise ValueError(
+        f"ablations: the variant networks {_clash} have the names of networks of train: "
+        "archs; rename those"
+    )
+ARCHS = {**ARCHS, **ABLATION_ARCHS}  # after TRAINED and BASELINES: variants are extra
+ABLATION_METHODS = list(
+    dict.fromkeys(
+        v["method"]
+        for variants in ABLATION_STUDIES.values()
+        for v in variants
+        if v["method"] not in METHODS
+    )
+)
+_unknown = sorted(set(ABLATIONS["folds"]) - set(FOLDS))
+if ABLATION_STUDIES and _unknown:
+    raise ValueError(
+        f"ablations: folds {_unknown} are not animals with HR data in {config['samples']} "
+        f"({FOLDS}); list some of those, or none for every fold"
+    )
+# Held-out datasets the ablations are evaluated on (the paper holds out BRAIN3).
+ABLATION_DATASETS = [
+    d for d in PAIRED if samples.loc[d, "animal"] in (ABLATIONS["folds"] or FOLDS)
+]
 
 
 wildcard_constraints:
     dataset="|".join(samples.index),
     synthetic="synthetic1|synthetic2",
     fold="|".join(FOLDS),
-    arch="|".join(TRAINED) or "^$",
+    arch="|".join([*TRAINED, *ABLATION_ARCHS]) or "^$",
     baseline="|".join(BASELINES) or "^$",
     strategy="|".join(STRATEGY_PAIRS),
     loss="l1|l2",
-    method="|".join(METHODS),
+    method="|".join([*METHODS, *ABLATION_METHODS]),
     metric="|".join(METRICS),
+    iso_method="|".join(ISO_METHODS),
+    study="|".join(ABLATION_STUDIES) or "^$",
+    sigma="[0-9]+(p[0-9]+)?",
 
 
 def volume_file(spec):
@@ -118,6 +273,72 @@ def get_fold_model(wildcards):
     return f"results/models/{fold}/{model}/model.pt"
 
 
+def export_dataset(fold):
+    """The first dataset of a fold's held-out animal: its LR (and HR) give the test
+    crop and the cover of the fold's model packages."""
+    return next(d for d in PAIRED if samples.loc[d, "animal"] == fold)
+
+
+def get_labels(wildcards):
+    """Input function: a dataset's ground-truth labels (sheet column `labels`), if any."""
+    return volume_file(samples.loc[wildcards.dataset, "labels"]) or []
+
+
+def get_method_model(wildcards):
+    """Input function: the fold model of a dataset's method; none for a baseline."""
+    if wildcards.method in BASELINES:
+        return []
+    fold = samples.loc[wildcards.dataset, "animal"]
+    return f"results/models/{fold}/{wildcards.method}/model.pt"
+
+
+def method_spec(wildcards):
+    """Params function: the network spec of a method (its arch, or the baseline)."""
+    method = wildcards.method
+    return ARCHS[method if method in BASELINES else method.split("_")[0]]
+
+
+def ablation_slices(variant, dataset):
+    """The slice table of an ablation variant on a dataset."""
+    folder = (
+        f"evaluate_lrnoise{variant['lr_noise']}" if variant["lr_noise"] else "evaluate"
+    )
+    return f"results/{dataset}/{folder}/{variant['method']}.tsv"
+
+
+ABLATION_TITLES = {
+    "noise": "Robustness to noise (Fig. 13): Gaussian noise σ added to the LR at test time",
+    "noisy_references": (
+        "Noisy references (Fig. 14): trained on the denoised HR with Gaussian noise σ added"
+    ),
+    "lambdas": "Weights λ1, λ2, λ3 of the loss (16) (Table VI)",
+    "hyperparameters": "Network hyper-parameters (Table V)",
+}
+ABLATION_AXES = {
+    "noise": "σ of the noise added to the LR (0–255 scale)",
+    "noisy_references": "σ of the noise added to the HR reference (0–255 scale)",
+    "lambdas": "λ1, λ2, λ3",
+    "hyperparameters": "hyper-parameter value",
+}
+
+
+def ablation_title(wildcards):
+    """Params function: the caption of a study, with its base model and test folds."""
+    base = config["ablations"]["base"]
+    model = f"{base['arch']} [{base['loss']}, {base['strategy']} strategy]"
+    about = "" if wildcards.study == "noise" else f" of {model}"
+    folds = ", ".join(config["ablations"]["folds"] or FOLDS)
+    return f"{ABLATION_TITLES[wildcards.study]}{about}; held-out animals {folds}"
+
+
+def ablation_variants(wildcards):
+    """Params function: a study's variants, each with its slice tables."""
+    return [
+        {**v, "files": [ablation_slices(v, d) for d in ABLATION_DATASETS]}
+        for v in ABLATION_STUDIES[wildcards.study]
+    ]
+
+
 def method_metadata(wildcards):
     """Params function: the sheet and model fields of a dataset's evaluated method."""
     row = samples.loc[wildcards.dataset]
@@ -135,6 +356,22 @@ def method_metadata(wildcards):
         "arch": arch,
         "strategy": strategy,
         "loss": loss,
+    }
+
+
+def iso_method_metadata(wildcards):
+    """Params function: the sheet fields of a dataset's isotropic reconstruction method."""
+    row = samples.loc[wildcards.dataset]
+    trained = wildcards.iso_method != "cubic"
+    return {
+        "dataset": wildcards.dataset,
+        "animal": row["animal"],
+        "hemisphere": row["hemisphere"],
+        "fold": "",
+        "method": wildcards.iso_method,
+        "arch": wildcards.iso_method,
+        "strategy": "self-supervised" if trained else "",
+        "loss": "l1+pdl" if trained else "",
     }
 
 
@@ -175,4 +412,40 @@ def get_final_output(wildcards):
             strategy=train["strategies"],
             loss=train["losses"],
         ),
+        *expand(
+            "results/figures/{dataset}/{figure}.png",
+            dataset=PAIRED,
+            figure=["frc_curves", "comparison", "orthogonal_sections"],
+        ),
+        *expand("results/figures/boxplot_{metric}.png", metric=METRICS),
+        *expand(
+            "results/{dataset}/isotropic/{iso_method}.ome.zarr",
+            dataset=ISOTROPIC,
+            iso_method=ISO_METHODS,
+        ),
+        *expand(
+            "results/figures/{dataset}/isotropic_{figure}.png",
+            dataset=ISOTROPIC,
+            figure=["sections", "training"],
+        ),
+        *expand(
+            "results/tables/isotropic_{metric}.html",
+            metric=IMAGE_METRICS if ISO_REFERENCED else [],
+        ),
+        *(["results/tables/table4.html"] if PAIRED else []),
+        *expand("results/tables/ablation_{study}.html", study=ABLATION_STUDIES),
+        *expand("results/figures/ablation_{study}.png", study=ABLATION_STUDIES),
+        *expand("results/figures/training_{fold}.png", fold=FOLDS if TRAINED else []),
+        *expand(
+            "results/packages/{fold}/{arch}_{strategy}_{loss}.zip",
+            fold=FOLDS if config["export"]["enabled"] else [],
+            arch=TRAINED,
+            strategy=train["strategies"],
+            loss=train["losses"],
+        ),
+        *expand(
+            "results/packages/isotropic/{dataset}.zip",
+            dataset=ISOTROPIC if config["export"]["enabled"] else [],
+        ),
+        "results/provenance/provenance.yaml",
     ]

@@ -1,8 +1,10 @@
 rule evaluate:
-    """Per-slice PSNR, SSIM and FRC of a method's output against the acquired HR."""
+    """Per-slice PSNR, SSIM and FRC of a method's output against the acquired HR, and
+    VOI and ARAND of its segmentation where the dataset has ground-truth labels."""
     input:
         sr="results/{dataset}/sr/{method}.ome.zarr",
         hr="results/{dataset}/prepare/hr.ome.zarr",
+        labels=get_labels,
     output:
         slices="results/{dataset}/evaluate/{method}.tsv",
     log:
@@ -11,10 +13,13 @@ rule evaluate:
         "results/benchmarks/evaluate/{dataset}/{method}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     resources:
         mem_mb=2000,
     params:
         meta=method_metadata,
+        labels=sheet_value("labels"),
         io=config["io"],
     script:
         "../../scripts/evaluate.py"
@@ -36,6 +41,8 @@ rule collect:
         "results/benchmarks/collect.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     script:
         "../../scripts/collect.py"
 
@@ -59,6 +66,8 @@ rule table2:
         "results/benchmarks/table2/{metric}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     params:
         select={},
         columns="method",
@@ -92,6 +101,8 @@ rule table3:
         "results/benchmarks/table3/{arch}_{loss}_{metric}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     params:
         select=lambda wildcards: {"arch": wildcards.arch, "loss": wildcards.loss},
         columns="strategy",
@@ -103,3 +114,55 @@ rule table3:
         decimals=lambda wildcards: METRICS[wildcards.metric][1],
     script:
         "../../scripts/paper_table.py"
+
+
+# Table IV times the first fold's models on the LR of a dataset that fold holds out.
+TIMED = [d for d in PAIRED if samples.loc[d, "animal"] in FOLDS[:1]][:1]
+
+
+rule table4:
+    """The paper's Table IV: parameters of each network and its seconds per slice, timed
+    on the LR sections of a held-out dataset (tiled inference as configured)."""
+    input:
+        models=expand(
+            "results/models/{fold}/{arch}_{strategy}_{loss}/model.pt",
+            fold=FOLDS[:1],
+            arch=TRAINED,
+            strategy=config["train"]["strategies"][:1],
+            loss=config["train"]["losses"][:1],
+        ),
+        lr=expand("results/{dataset}/prepare/lr.ome.zarr", dataset=TIMED),
+        pair=expand("results/{dataset}/prepare/pair.json", dataset=TIMED),
+    output:
+        tsv="results/tables/table4.tsv",
+        tables=multiext("results/tables/table4", ".md", ".tex"),
+        html=report(
+            "results/tables/table4.html",
+            caption="../report/table4.rst",
+            category="Results",
+            subcategory="Table IV: parameters and running time",
+            labels={"table": "parameters and seconds per slice"},
+        ),
+    log:
+        "results/logs/table4.log",
+    benchmark:
+        "results/benchmarks/table4.tsv"
+    conda:
+        "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["gpu"]
+    threads: config["infer"]["threads"]
+    resources:
+        mem_mb=4000,
+        gpu=config["infer"]["gpus"],
+    params:
+        # Networks in the paper's order: baselines, then the trained ones (one model each:
+        # the size and speed do not depend on the fold, strategy or loss).
+        methods=[*BASELINES, *TRAINED],
+        trained=TRAINED,
+        specs={name: ARCHS[name] for name in BASELINES},
+        infer=config["infer"],
+        # Middle LR sections timed one by one, after one untimed warm-up section.
+        sections=8,
+    script:
+        "../../scripts/table4.py"

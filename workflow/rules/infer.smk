@@ -12,6 +12,8 @@ rule infer:
         "results/benchmarks/infer/{dataset}/{arch}_{strategy}_{loss}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["gpu"]
     threads: config["infer"]["threads"]
     resources:
         mem_mb=4000,
@@ -37,6 +39,8 @@ rule infer_baseline:
         "results/benchmarks/infer/{dataset}/{baseline}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     threads: config["infer"]["threads"]
     resources:
         mem_mb=4000,
@@ -62,6 +66,8 @@ rule enhance:
         "results/benchmarks/enhance/{dataset}/{arch}_{strategy}_{loss}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["gpu"]
     threads: config["infer"]["threads"]
     resources:
         mem_mb=4000,

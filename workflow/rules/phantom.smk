@@ -16,6 +16,8 @@ rule phantom:
         "results/benchmarks/phantom/{dataset}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     resources:
         mem_mb=2000,
     params:

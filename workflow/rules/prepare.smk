@@ -20,6 +20,8 @@ rule register:
         "results/benchmarks/register/{dataset}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     resources:
         mem_mb=2000,
     params:
@@ -48,6 +50,8 @@ rule resize:
         "results/benchmarks/resize/{dataset}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     resources:
         mem_mb=2000,
     params:
@@ -72,6 +76,8 @@ rule denoise:
         "results/benchmarks/denoise/{dataset}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     resources:
         mem_mb=2000,
     params:
@@ -95,6 +101,8 @@ rule degrade:
         "results/benchmarks/degrade/{dataset}_{synthetic}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["cpu"]
     resources:
         mem_mb=2000,
     params:

@@ -12,6 +12,8 @@ rule train:
         "results/benchmarks/train/{fold}/{arch}_{strategy}_{loss}.tsv"
     conda:
         "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["gpu"]
     threads: config["train"]["threads"]
     resources:
         mem_mb=8000,
@@ -19,7 +21,11 @@ rule train:
         gpu=config["train"]["gpus"],
     params:
         spec=lambda wildcards: ARCHS[wildcards.arch],
-        settings=config["train"]["settings"],
+        # Ablation variants of a network (λ of the loss) override some settings.
+        settings=lambda wildcards: {
+            **config["train"]["settings"],
+            **ABLATION_SETTINGS.get(wildcards.arch, {}),
+        },
         # Not an output: it must survive a killed job so that the rerun resumes from it.
         checkpoint="results/models/{fold}/{arch}_{strategy}_{loss}/checkpoint.pt",
     script:

@@ -21,9 +21,25 @@ Registered architectures (:data:`ARCHS`):
     (Uformer-like); it works at the HR size on the interpolated LR image (``scale`` 1).
 ``bicubic``
     :class:`~emsrflow.archs.bicubic.Bicubic`, parameter-free bicubic upsampling.
+``gpemsr``, ``gpemsr_codebook``, ``gpemsr_prior``
+    :mod:`~emsrflow.archs.gpemsr`: the GPEMSR paper's large-factor (8×, 16×) network on
+    five adjacent LR sections (input (N, 5, h, w)), its Stage I VQ codebook autoencoder
+    (scale 1) and its Stage II generative prior (codebook indexer); not yet wired into
+    the workflow.
 """
 
-from . import bicubic, emsrnet, swinir, uformer, unet
+from . import bicubic, dcn, emsrnet, gpemsr, swinir, uformer, unet
 from .registry import ARCHS, Registry, build_network
 
-__all__ = ["ARCHS", "Registry", "bicubic", "build_network", "emsrnet", "swinir", "uformer", "unet"]
+__all__ = [
+    "ARCHS",
+    "Registry",
+    "bicubic",
+    "build_network",
+    "dcn",
+    "emsrnet",
+    "gpemsr",
+    "swinir",
+    "uformer",
+    "unet",
+]

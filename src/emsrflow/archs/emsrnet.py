@@ -159,7 +159,8 @@ class ViTBlock(nn.Module):
         tokens = self.norm1(padded.permute(0, 2, 3, 1))
         windows = split_windows(tokens, self.window)
         b, n, c = windows.shape
-        q, k, v = self.qkv(windows).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(windows).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # unbind, not tuple unpacking: TorchScript scripts it
         if q.device.type == "cpu":
             # with d_k = 4 the CPU attention kernel ran twice as fast in float32 as in
             # bfloat16 (AVX-512 CPU) and is more accurate: use float32 under autocast too

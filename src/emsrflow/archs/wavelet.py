@@ -84,7 +84,7 @@ class AtrousWavelet(nn.Module):
         current = self._smooth(x, self.gauss, 1) if self.presmooth else x
         details = []
         for j in range(self.scales):
-            smoother = self._smooth(current, self.b3, 2**j)
+            smoother = self._smooth(current, self.b3, 1 << j)  # 2^j as an int (TorchScript)
             details.append(current - smoother)
             current = smoother
         return torch.cat(details, dim=1), current

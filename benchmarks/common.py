@@ -1,0 +1,232 @@
+"""Helpers shared by the benchmark scripts: machine description, timing, peak memory, JSON.
+
+Import it from a script in this folder (``from common import machine``): the scripts put
+their own folder on ``sys.path`` when run as ``python benchmarks/<name>.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MIB = 2**20
+
+
+# ---------------------------------------------------------------------------------------
+# Machine
+
+
+def _cpuinfo() -> dict[str, str]:
+    """First processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def _meminfo_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) * 1024 / 2**30, 1)
+    except OSError:
+        pass
+    return None
+
+
+def cpu_features() -> dict[str, Any]:
+    """The CPU's model and the instruction sets that decide bfloat16 speed."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count()
+    return {
+        "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
+        "cores": cores,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "amx_tile": "amx_tile" in flags,
+        "memory_gib": _meminfo_gib(),
+    }
+
+
+def machine(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Describe the machine a benchmark ran on (CPU, threads, versions, GPU)."""
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "host_os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        **cpu_features(),
+        "threads": torch.get_num_threads(),
+        "load_average": load_average(),
+        "device": str(device),
+    }
+    if device.type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+        info["gpu_bf16"] = torch.cuda.is_bf16_supported()
+    return info
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine skews the timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line for the printout."""
+    text = (
+        f"{info['cpu_model']}, {info['cores']} cores, {info['threads']} torch threads, "
+        f"capability {info['cpu_capability']} (AVX512-BF16 {_yes(info['avx512_bf16'])}, "
+        f"AMX-BF16 {_yes(info['amx_bf16'])}), torch {info['torch']}"
+    )
+    if info.get("load_average"):
+        text += f"; load average {info['load_average'][0]:.1f}"
+    if "gpu" in info:
+        text += f"; GPU {info['gpu']} ({info['gpu_memory_gib']} GiB, CUDA {info['cuda']})"
+    return text
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+# ---------------------------------------------------------------------------------------
+# Timing
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for queued GPU work (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(
+    fn: Callable[[], Any],
+    *,
+    repeats: int = 3,
+    warmup: int = 1,
+    device: str | torch.device = "cpu",
+    budget: float | None = None,
+) -> dict[str, Any]:
+    """Median wall time of ``fn()`` after ``warmup`` untimed calls.
+
+    With ``budget`` (seconds), fewer repeats are made where another call would take the
+    timed calls past it (at least one timed call is always made).
+    """
+    for _ in range(warmup):
+        synchronize(device)
+        fn()
+        synchronize(device)
+    times: list[float] = []
+    while len(times) < repeats:
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        if budget is not None and sum(times) + times[-1] > budget:
+            break
+    return {"median": statistics.median(times), "min": min(times), "times": times}
+
+
+# ---------------------------------------------------------------------------------------
+# Memory
+
+
+def peak_rss_mib(pid: int | str = "self") -> float | None:
+    """Peak resident memory (VmHWM) of a live process in MiB, from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_measured(command: Sequence[str], **popen: Any) -> dict[str, Any]:
+    """Run ``command`` in a fresh process; return its exit code, wall time and peak RSS.
+
+    The peak comes from ``os.wait4`` for that child alone (``ru_maxrss``), so runs do
+    not mix, unlike ``getrusage(RUSAGE_CHILDREN)``, which keeps the largest child so far.
+    """
+    start = time.perf_counter()
+    process = subprocess.Popen(list(command), **popen)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "returncode": process.returncode,
+        "wall_seconds": seconds,
+        "peak_rss_mib": usage.ru_maxrss / 1024,  # kilobytes on Linux
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Records
+
+
+def command_line() -> str:
+    return " ".join(["python", *sys.argv])
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write a JSON record (with the command that made it) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**record, "command": record.get("command", command_line())}
+    path.write_text(json.dumps(record, indent=2, default=_plain) + "\n")
+    print(f"written {path}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path | torch.device | torch.dtype):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain-text table, columns right-aligned except the first."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = []
+    for k, row in enumerate(cells):
+        rest = zip(row[1:], widths[1:], strict=True)
+        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in rest]
+        lines.append("  ".join(parts))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
