@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, write_record
 
 from emsrflow import archs
 from emsrflow.infer import predict_section
@@ -37,20 +35,6 @@ from emsrflow.metrics import frc_score, psnr, ssim
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "isbi2012" / "train-volume.tif"
-
-
-def machine(device: str) -> dict:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "device": device,
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def evaluate(model, slices: np.ndarray, rho: float, **options) -> dict[str, dict[str, float]]:
@@ -177,7 +161,6 @@ def main() -> int:
     for name, row in scores.items():
         print(f"{name:8} {row['psnr']:8.2f} {row['ssim']:7.3f} {row['frc']:7.3f}")
     print(f"gain over cubic: {gain:+.2f} dB (target ≥ +2.5 dB; A2I-3DEM reports +2.46 dB)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "isotropic_isbi",
         "data": str(args.data.name),
@@ -192,11 +175,9 @@ def main() -> int:
         "train_seconds": seconds,
         "scores": scores,
         "gain_db": gain,
-        "machine": machine(str(args.device)),
-        "command": " ".join(sys.argv),
+        "machine": machine(args.device),
     }
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"written {args.out}")
+    write_record(args.out, record)
     return 0
 
 
