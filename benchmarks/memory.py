@@ -19,8 +19,8 @@ with ``emsrflow.io.write_slabs``), not the EM phantom, which would take longer t
 than the runs themselves; the content does not change memory or time.
 
 Expected: SR peak flat in depth (memory holds one slab). ISO memory holds slabs of
-*planes*, each as deep as the output (``3·depth·slab·width`` floats), plus up to 64 output
-sections when the result is written, so it grows with depth but far slower than the
+*planes*, each as deep as the output (``3·depth·slab·width`` floats), plus ``slab``
+output sections when the result is written, so it grows with depth but far slower than the
 volume.
 
     python benchmarks/memory.py                     # default sizes, 10-13 min on 2 cores
@@ -233,6 +233,19 @@ def linearity(seconds: list[float], units: list[float], what: str) -> str:
     )
 
 
+def measure_on_input(case: dict, shape, voxel, dtype: str, work: Path) -> tuple[dict, float]:
+    """Make an input volume of ``shape``, measure ``case`` on it in a fresh process, delete it.
+
+    Returns the measured row and the seconds spent making the input.
+    """
+    source = work / f"input-{case['kind']}-{shape[0]}.ome.zarr"
+    made = make_input(source, shape, voxel, dtype)
+    output = str(work / f"{case['kind']}.ome.zarr")
+    row = measure({**case, "input": str(source), "output": output}, work)
+    shutil.rmtree(source)
+    return row, made
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -291,19 +304,9 @@ def main() -> int:
             series["sr"] = []
             for depth in args.sr_depths:
                 shape = (depth, args.sr_size, args.sr_size)
-                source = work / f"lr-{depth}.ome.zarr"
-                made = make_input(source, shape, LR_VOXEL, "float32")
-                row = measure(
-                    {
-                        **common,
-                        "kind": "sr",
-                        "arch": args.sr_arch,
-                        "input": str(source),
-                        "output": str(work / "sr.ome.zarr"),
-                    },
-                    work,
+                row, made = measure_on_input(
+                    {**common, "kind": "sr", "arch": args.sr_arch}, shape, LR_VOXEL, "float32", work
                 )
-                shutil.rmtree(source)
                 side = 3 * args.sr_size
                 row.update(
                     depth=depth,
@@ -321,19 +324,13 @@ def main() -> int:
             series["iso"] = []
             for slices in args.iso_slices:
                 shape = (slices, args.iso_size, args.iso_size)
-                source = work / f"aniso-{slices}.ome.zarr"
-                made = make_input(source, shape, ANISO_VOXEL, "uint8")
-                row = measure(
-                    {
-                        **common,
-                        "kind": "iso",
-                        "arch": args.iso_arch,
-                        "input": str(source),
-                        "output": str(work / "iso.ome.zarr"),
-                    },
+                row, made = measure_on_input(
+                    {**common, "kind": "iso", "arch": args.iso_arch},
+                    shape,
+                    ANISO_VOXEL,
+                    "uint8",
                     work,
                 )
-                shutil.rmtree(source)
                 depth = isotropic_depth(slices, RHO)
                 row.update(
                     slices=slices,
@@ -434,7 +431,7 @@ def main() -> int:
         print(verdicts["iso_time"])
         print(
             "(plane slab: one slab of planes, depth × slab × width float32; memory holds "
-            "about three, plus up to 64 output sections while writing)"
+            "about three, plus `slab` output sections while writing)"
         )
     print(f"\ntotal {seconds:.0f} s")
     write_record(
