@@ -8,7 +8,8 @@ process (its peak resident memory from ``os.wait4``, so that cases do not mix):
   to an OME-Zarr output (float32, 1023×1023 per section), slab by slab, exactly as
   scripts/infer.py does; the network is the demo-size EMSRNet of config/config.yaml.
 * isotropic reconstruction (ISO): ``emsrflow.isotropic.reconstruct`` (ρ = 3, xz and yz
-  passes, as scripts/iso_infer.py) reading an anisotropic uint8 OME-Zarr stack of
+  passes, as scripts/iso_infer.py, in blocks of ``--iso-slab`` isotropic planes with
+  ``--halo`` planes of context) reading an anisotropic uint8 OME-Zarr stack of
   1024×1024 sections; the network is a 2-layer, 8-channel same-size CNN standing in for
   the Uformer (``--iso-arch uformer`` runs the demo-size Uformer, about 60× slower here).
 
@@ -18,10 +19,9 @@ volumes are a cheap seeded pattern (smooth sinusoids plus noise, written slab by
 with ``emsrflow.io.write_slabs``), not the EM phantom, which would take longer to make
 than the runs themselves; the content does not change memory or time.
 
-Expected: SR peak flat in depth (memory holds one slab). ISO memory holds slabs of
-*planes*, each as deep as the output (``3·depth·slab·width`` floats), plus ``slab``
-output sections when the result is written, so it grows with depth but far slower than the
-volume.
+Expected: both flat in depth. SR memory holds one slab of sections; ISO memory holds
+one block of ``iso_slab + 2·halo`` isotropic planes (a few float32 copies of it) and the
+network's tiles, whatever the depth.
 
     python benchmarks/memory.py                     # default sizes, 10-13 min on 2 cores
     python benchmarks/memory.py --quick             # tiny sizes: a smoke run
@@ -163,7 +163,8 @@ def child(job: dict) -> None:
                 RHO,
                 job["output"],
                 voxel_size=(ANISO_VOXEL[1],) * 3,
-                slab=job["slab"],
+                slab=job["iso_slab"],
+                halo=job["halo"],
                 passes=("xz", "yz"),
                 chunks=(64, 64, 64),
                 **options,
@@ -255,7 +256,9 @@ def main() -> int:
     parser.add_argument("--iso-slices", type=int, nargs="+", default=[8, 32, 128])
     parser.add_argument("--iso-size", type=int, default=1024, help="anisotropic section side")
     parser.add_argument("--iso-arch", default="conv", choices=("conv", "uformer"))
-    parser.add_argument("--slab", type=int, default=16)
+    parser.add_argument("--slab", type=int, default=16, help="SR: sections per slab")
+    parser.add_argument("--iso-slab", type=int, default=32, help="ISO: isotropic planes per block")
+    parser.add_argument("--halo", type=int, default=16, help="ISO: planes of context")
     parser.add_argument("--tile", type=int, default=128)
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4)
@@ -280,6 +283,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     common = {
         "slab": args.slab,
+        "iso_slab": args.iso_slab,
+        "halo": args.halo,
         "tile": args.tile,
         "overlap": args.overlap,
         "batch": args.batch,
@@ -338,7 +343,7 @@ def main() -> int:
                     input_shape=list(shape),
                     output_shape=[depth, args.iso_size, args.iso_size],
                     output_mib=depth * args.iso_size**2 * 4 / 2**20,
-                    plane_slab_mib=depth * args.slab * args.iso_size * 4 / 2**20,
+                    block_mib=(args.iso_slab + 2 * args.halo) * args.iso_size**2 * 4 / 2**20,
                     plane_pixels=2 * depth * args.iso_size**2,
                     input_seconds=made,
                 )
@@ -392,7 +397,8 @@ def main() -> int:
         rows = series["iso"]
         print(
             f"\nISO ρ = {RHO:g}, {args.iso_arch} network, anisotropic {args.iso_size}² uint8 "
-            f"OME-Zarr → isotropic float32 OME-Zarr, xz + yz passes, slab {args.slab}:"
+            f"OME-Zarr → isotropic float32 OME-Zarr, xz + yz passes, blocks of "
+            f"{args.iso_slab} planes with a halo of {args.halo}:"
         )
         print(
             table(
@@ -401,7 +407,7 @@ def main() -> int:
                         r["slices"],
                         r["depth"],
                         f"{r['output_mib'] / 1024:.2f}",
-                        f"{r['plane_slab_mib']:.0f}",
+                        f"{r['block_mib']:.0f}",
                         f"{r['peak_rss_mib']:.0f}",
                         f"{r['seconds']:.1f}",
                         f"{r['plane_pixels'] / r['seconds'] / 1e6:.2f}",
@@ -412,7 +418,7 @@ def main() -> int:
                     "slices",
                     "depth",
                     "output GiB",
-                    "plane slab MiB",
+                    "block MiB",
                     "peak MiB",
                     "seconds",
                     "Mpix/s",
@@ -430,8 +436,8 @@ def main() -> int:
         print(verdicts["iso"])
         print(verdicts["iso_time"])
         print(
-            "(plane slab: one slab of planes, depth × slab × width float32; memory holds "
-            "about three, plus `slab` output sections while writing)"
+            "(block: iso_slab + 2·halo isotropic planes, float32; memory holds a few "
+            "copies of it while the passes run)"
         )
     print(f"\ntotal {seconds:.0f} s")
     write_record(

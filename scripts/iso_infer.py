@@ -32,6 +32,7 @@ with io.open_volume(inp.anisotropic) as volume:
         snakemake.output.volume,
         voxel_size=meta["isotropic_voxel_nm"],
         slab=p.slab,
+        halo=p.halo,
         passes=p.passes,
         chunks=(64, 64, 64),  # cubes: xy sections and xz planes read alike
         **options,

@@ -22,7 +22,7 @@ from package_helpers import (
     tiny_checkpoint,
 )
 
-from emsrflow import archs, bioimage, io
+from emsrflow import archs, bioimage, io, process
 from emsrflow.errors import InputError
 from emsrflow.infer import predict_stack
 from emsrflow.train import load_model
@@ -118,7 +118,7 @@ def test_export_import_apply_gives_the_same_output(exported, tmp_path):
     expected = predict_stack(before, stack, **options)
     np.testing.assert_allclose(predict_stack(after, stack, **options), expected, atol=1e-5)
     target = str(tmp_path / "sr.ome.zarr")
-    result = bioimage.apply_package(
+    result = process.apply_package(
         exported["package"], exported["lr"], target, progress=False, slab=2, **options
     )
     applied, voxel = io.read_volume(target)

@@ -139,7 +139,9 @@ def test_voxel_size_that_contradicts_the_package(study, tmp_path, capsys, caplog
     assert cli.main([*args, "--voxel-size", "50,54,54"]) == 0
     assert "the output may be poorer" in caplog.text  # logged (to stderr outside pytest)
     assert io.read_volume(str(target))[1] == pytest.approx((50, 18, 18))
-    assert cli.main([*args, "--voxel-size", "50,15,15", "--ignore-voxel-size"]) == 0
+    assert cli.main([*args, "--voxel-size", "50,15,15", "--ignore-voxel-size"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main([*args, "--voxel-size", "50,15,15", "--ignore-voxel-size", "--overwrite"]) == 0
 
 
 def test_damaged_and_foreign_packages_fail_with_one_line(study, tmp_path):

@@ -127,15 +127,34 @@ def test_stacking_puts_planes_back_at_their_coordinates(tmp_path):
     volume = np.repeat(numbers, k, axis=0)
     depth = isotropic_depth(k, RHO)
     out = tmp_path / "iso.ome.zarr"
-    reconstruct(RowRamp(), volume, RHO, str(out), voxel_size=(4, 4, 4), slab=4, tile=64)
+    # One block holding every plane: the network's rows are the planes' z.
+    reconstruct(RowRamp(), volume, RHO, str(out), voxel_size=(4, 4, 4), slab=depth, tile=64)
     result, voxel = read_volume(str(out))
     assert result.shape == (depth, y, x) and voxel == (4, 4, 4)
     # Both passes see z as the plane rows; each added c·z, so the mean adds c·z too.
     expect = numbers + 1e-3 * np.arange(depth, dtype=np.float32)[:, None, None]
     np.testing.assert_allclose(result, expect, atol=1e-6)
+    # In blocks of 4 planes with a halo of 2, the rows of each block start at z0 − 2.
+    reconstruct(RowRamp(), volume, RHO, str(out), voxel_size=(4, 4, 4), slab=4, halo=2)
+    result = read_volume(str(out))[0]
+    starts = np.maximum(np.arange(depth) // 4 * 4 - 2, 0)
+    expect = numbers + 1e-3 * (np.arange(depth) - starts).astype(np.float32)[:, None, None]
+    np.testing.assert_allclose(result, expect, atol=1e-6)
 
 
-def test_slabs_do_not_change_the_result_and_readers_work(tmp_path):
+class Local(nn.Module):
+    """A fixed 3×3 smoothing: each output pixel sees one pixel of context."""
+
+    scale, window = 1, 1
+
+    def forward(self, x):
+        kernel = torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+        return torch.nn.functional.conv2d(
+            torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), kernel[None, None]
+        )
+
+
+def test_blocks_with_a_halo_equal_the_whole_volume_for_a_local_network(tmp_path):
     volume = (smooth_image((5, 20, 23)) * 255).astype(np.uint8)
     source = tmp_path / "aniso.h5:/raw"
     write_volume(str(source), volume, (12, 4, 4))
@@ -143,16 +162,22 @@ def test_slabs_do_not_change_the_result_and_readers_work(tmp_path):
     for slab in (3, 100):
         out = tmp_path / f"iso{slab}.ome.zarr"
         with open_volume(str(source)) as reader:
-            reconstruct(RowRamp(), reader, RHO, str(out), voxel_size=(4, 4, 4), slab=slab)
+            reconstruct(Local(), reader, RHO, str(out), voxel_size=(4, 4, 4), slab=slab, halo=1)
         results.append(read_volume(str(out))[0])
-    np.testing.assert_array_equal(*results)
+    np.testing.assert_allclose(*results, atol=1e-6)
+    # A block is what the whole reconstruction holds at its planes, whatever the job.
+    whole = results[1]
+    block = isotropic.reconstruct_block(Local(), volume, RHO, 4, 9, halo=1)
+    np.testing.assert_allclose(block, whole[4:9], atol=1e-6)
     # Without a network: the cubic baseline; one pass only also works.
     out = tmp_path / "cubic.ome.zarr"
-    reconstruct(None, volume, RHO, str(out), voxel_size=(4, 4, 4), passes=["xz"])
+    reconstruct(None, volume, RHO, str(out), voxel_size=(4, 4, 4), passes=["xz"], slab=4)
     cubic = read_volume(str(out))[0]
     np.testing.assert_allclose(cubic, upsample_axis(volume / 255.0, 0, 15), atol=1e-6)
     with pytest.raises(ValueError, match="pass"):
-        reconstruct(None, volume, RHO, str(out), voxel_size=(4, 4, 4), passes=["xy"])
+        reconstruct(Local(), volume, RHO, str(out), voxel_size=(4, 4, 4), passes=["xy"])
+    with pytest.raises(ValueError, match="outside"):
+        isotropic.reconstruct_block(None, volume, RHO, 10, 16)
 
 
 def test_train_isotropic_needs_a_same_size_network(tmp_path):

@@ -62,6 +62,7 @@ TINY_ISO = {
     },
     "passes": ["xz", "yz"],
     "slab": 16,
+    "halo": 8,
     "gpus": 0,
     "threads": 1,
 }
@@ -530,3 +531,66 @@ def test_trained_models_are_exported_as_tested_packages(study):
         assert info["training"]["datasets"] == [dataset]
     log = (study / "results/logs/export/brain1/emsrnet_real_l1.log").read_text()
     assert "bioimage.io test passed: Reproduce test outputs from test inputs (torchscript)" in log
+
+
+def test_process_config_runs_slab_jobs_qc_and_reruns_one_slab(study):
+    """Production: the study's packages applied to acquisitions of other animals, each
+    volume in slab jobs writing one OME-Zarr; equal to one job; a lost slab reruns alone."""
+    from emsrflow import process
+
+    sheet = pd.DataFrame(
+        {
+            "acquisition": ["brain1_lr", "brain2_stack"],
+            "volume": [
+                "resources/phantom/brain1_ipsi/lr.tif",
+                "resources/phantom/brain2_contra/anisotropic.h5:/raw",
+            ],
+            "package": ["results/packages/brain1/emsrnet_real_l1.zip", ""],
+            "isotropic_package": ["", "results/packages/isotropic/brain1_ipsi.zip"],
+        }
+    )
+    sheet.to_csv(study / "acquisitions.tsv", sep="\t", index=False)
+    config = yaml.safe_load((ROOT / "config" / "process.yaml").read_text())
+    config["process"].update(sheet="acquisitions.tsv", slab=4, halo=4, tile=32, overlap=8)
+    (study / "process.yaml").write_text(yaml.safe_dump(config))
+    configs = ["--configfile", str(study / "config.yaml"), str(study / "process.yaml")]
+    result = snakemake(study, *configs)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "rule train:" not in result.stdout and "rule iso_train:" not in result.stdout
+    out = study / "results/process"
+    sr, voxel = io.read_volume(str(out / "brain1_lr/sr.ome.zarr"))
+    assert sr.shape == (12, 258, 258) and voxel == pytest.approx((50, 50 / 3, 50 / 3))
+    plan = json.loads((out / "brain1_lr/sr.plan.json").read_text())
+    assert plan["slabs"] == [[0, 4], [4, 8], [8, 12]]
+    iso, voxel = io.read_volume(str(out / "brain2_stack/isotropic.ome.zarr"))
+    assert iso.shape == (48, 192, 192) and voxel == pytest.approx((15, 15, 15))
+    overview = pd.read_csv(out / "qc.tsv", sep="\t")
+    assert list(overview["product"]) == ["sr", "isotropic"]
+    qc = json.loads((out / "brain1_lr/qc/sr.json").read_text())
+    assert qc["input_frc_nm"] > 0 and qc["output_nonfinite"] == 0
+    assert "Processing QC" in (out / "qc.html").read_text()
+    for name in ("sr_panels.png", "sr_histogram.png"):
+        assert (out / "brain1_lr/qc" / name).stat().st_size > 10_000
+    # The slab jobs wrote what one job writes (the emsrflow apply command's function).
+    single = study / "single.ome.zarr"
+    with_plan = process.Plan.from_dict(plan["plan"])
+    process.apply_package(
+        study / "results/packages/brain1/emsrnet_real_l1.zip",
+        str(study / "resources/phantom/brain1_ipsi/lr.tif"),
+        str(single),
+        progress=False,
+        device="auto",
+        slab=4,
+        **{k: with_plan.options[k] for k in ("tile", "overlap", "batch", "tta", "precision")},
+    )
+    np.testing.assert_array_equal(io.read_volume(str(single))[0], sr)
+    # A slab job killed: Snakemake removes its marker, and the run stops before the final
+    # step and QC. The next run computes that slab alone and publishes the volume.
+    killed = ["slabs/sr/1.json", "sr.json", "qc/sr.json", "qc/sr.tsv", "qc/sr_panels.png"]
+    for path in [*(out / "brain1_lr" / p for p in killed), out / "qc.html", out / "qc.tsv"]:
+        path.unlink()
+    result = snakemake(study, *configs)
+    assert result.returncode == 0, result.stdout[-5000:]
+    reran = [line for line in result.stdout.splitlines() if "product=sr, slab=" in line]
+    assert reran == ["    wildcards: acquisition=brain1_lr, product=sr, slab=1"], reran
+    np.testing.assert_array_equal(io.read_volume(str(out / "brain1_lr/sr.ome.zarr"))[0], sr)

@@ -83,11 +83,16 @@ __all__ = [
     "FORMAT",
     "KINDS",
     "architecture_source",
+    "check_intensities",
+    "check_voxel_size",
     "config_hash",
     "export_package",
     "inspect",
+    "intensity_profile",
+    "isotropic_test_data",
     "load_package",
     "run_bioimageio_test",
+    "sr_test_data",
 ]
 
 log = logging.getLogger(__name__)
@@ -827,7 +832,8 @@ def sr_test_data(
     Returns
     -------
     dict
-        ``test_input``, ``reference`` (or None) and ``voxel_size_nm``: keywords of
+        ``test_input``, ``reference`` (or None), ``voxel_size_nm`` and ``metadata``
+        (``input_intensity``, the volume's :func:`intensity_profile`): keywords of
         :func:`export_package`.
     """
     from .io import open_volume
@@ -837,6 +843,7 @@ def sr_test_data(
         rows, cols = (_centre(n, size) for n in volume.shape[1:])
         crop = volume[z, rows, cols]
         voxel = _voxel_of(volume, voxel_size_nm)
+        profile = intensity_profile(volume)
     ref = None
     if reference is not None:
         with open_volume(reference) as hr:
@@ -850,7 +857,12 @@ def sr_test_data(
                 slice(rows.start * scale, rows.stop * scale),
                 slice(cols.start * scale, cols.stop * scale),
             ]
-    return {"test_input": crop, "reference": ref, "voxel_size_nm": voxel}
+    return {
+        "test_input": crop,
+        "reference": ref,
+        "voxel_size_nm": voxel,
+        "metadata": {"input_intensity": profile},
+    }
 
 
 def isotropic_test_data(
@@ -883,7 +895,8 @@ def isotropic_test_data(
     -------
     dict
         ``test_input``, ``reference`` (or None), ``voxel_size_nm`` (the isotropic voxel)
-        and ``metadata`` (``rho``, the stack's voxel size): keywords of
+        and ``metadata`` (``rho``, the stack's voxel size, its
+        :func:`intensity_profile`): keywords of
         :func:`export_package`.
     """
     from .io import open_volume, to_float01
@@ -897,6 +910,7 @@ def isotropic_test_data(
         y, cols = volume.shape[1] // 2, _centre(volume.shape[2], size)
         plane = to_float01(volume[:, y : y + 1, cols])[:, 0]
         depth = isotropic_depth(volume.shape[0], rho)
+        profile = intensity_profile(volume)
     plane = upsample_axis(plane, 0, depth)
     rows = _centre(depth, size)
     ref = None
@@ -912,7 +926,11 @@ def isotropic_test_data(
         "test_input": plane[rows],
         "reference": ref,
         "voxel_size_nm": (voxel[2], voxel[1], voxel[2]),
-        "metadata": {"rho": rho, "stack_voxel_size_nm": list(voxel)},
+        "metadata": {
+            "rho": rho,
+            "stack_voxel_size_nm": list(voxel),
+            "input_intensity": profile,
+        },
     }
 
 
@@ -1120,8 +1138,98 @@ def load_package(
     return model.to(resolve_device(device)).eval(), info
 
 
+#: Intensity percentiles recorded for the training data and compared with new input.
+_PERCENTILES = (1.0, 50.0, 99.0)
+
+
 # ---------------------------------------------------------------------------------------
-# Application to a volume
+# Intensities of the training data and of new input
+
+
+def intensity_profile(volume: Any, *, sections: int = 8) -> dict[str, Any]:
+    """Voxel type and intensity percentiles of a volume, from evenly spaced sections.
+
+    Parameters
+    ----------
+    volume : emsrflow.io.VolumeReader or numpy.ndarray
+        (z, y, x) volume.
+    sections : int
+        How many sections to read.
+
+    Returns
+    -------
+    dict
+        ``dtype`` (str) and ``percentiles``: {"1": …, "50": …, "99": …} of the
+        intensities scaled by :func:`emsrflow.io.to_float01`.
+    """
+    from .io import to_float01
+
+    depth = int(volume.shape[0])
+    picks = np.unique(np.linspace(0, depth - 1, min(sections, depth)).round().astype(int))
+    values = np.concatenate(
+        [to_float01(np.asarray(volume[z : z + 1, :, :])).ravel() for z in picks]
+    )
+    finite = values[np.isfinite(values)]
+    levels = np.percentile(finite, _PERCENTILES) if finite.size else [np.nan] * 3
+    return {
+        "dtype": str(np.dtype(volume.dtype)),
+        "percentiles": {
+            f"{p:g}": round(float(v), 4) for p, v in zip(_PERCENTILES, levels, strict=True)
+        },
+    }
+
+
+def check_intensities(info: Mapping[str, Any], found: Mapping[str, Any], *, what: str) -> list[str]:
+    """Compare a new input's :func:`intensity_profile` with the package's training data.
+
+    Parameters
+    ----------
+    info : mapping
+        :func:`inspect` of the package; its ``extra["input_intensity"]`` is the
+        :func:`intensity_profile` of the training input (none in older packages:
+        nothing to compare).
+    found : mapping
+        The new input's profile.
+    what : str
+        Name of the input, for the messages.
+
+    Returns
+    -------
+    list of str
+        A warning for a different integer voxel type (training data in floating point
+        were normalised and say nothing of the acquisition's type), and one for a median
+        shifted by more than
+        0.15 or a 1–99 % range more than 2× wider or narrower, each with the figures.
+    """
+    trained = info["extra"].get("input_intensity")
+    if not trained:
+        return []
+    messages = []
+    if (
+        trained.get("dtype")
+        and np.dtype(trained["dtype"]).kind in "ui"  # float training data: normalised
+        and trained["dtype"] != found["dtype"]
+    ):
+        messages.append(
+            f"{what}: voxel type {found['dtype']}, the model was trained on "
+            f"{trained['dtype']} data; intensities are compared after scaling to [0, 1]"
+        )
+    old, new = trained.get("percentiles") or {}, found["percentiles"]
+    if {"1", "50", "99"} <= set(old):
+        spread_old, spread_new = old["99"] - old["1"], new["99"] - new["1"]
+        ratio = spread_new / spread_old if spread_old > 0 else math.inf
+        if abs(new["50"] - old["50"]) > 0.15 or not 0.5 <= ratio <= 2.0:
+            messages.append(
+                f"{what}: intensities (1/50/99 %: {new['1']:.2f}/{new['50']:.2f}/"
+                f"{new['99']:.2f} of the full range) differ from the training data's "
+                f"({old['1']:.2f}/{old['50']:.2f}/{old['99']:.2f}); the output may be "
+                "poorer: normalise the contrast like the training data's"
+            )
+    return messages
+
+
+# ---------------------------------------------------------------------------------------
+# Voxel sizes of the training data and of new input
 
 
 def check_voxel_size(
@@ -1191,170 +1299,3 @@ def check_voxel_size(
     if problems and strict:
         raise InputError("; ".join(problems))
     return problems + warnings_
-
-
-def apply_package(
-    package: str | os.PathLike,
-    source: str,
-    target: str,
-    *,
-    voxel_size_nm: Sequence[float] | None = None,
-    tile: int = 128,
-    overlap: int = 32,
-    batch: int = 4,
-    tta: bool = False,
-    precision: str = "fp32",
-    device: str = "auto",
-    slab: int = 16,
-    dtype: str = "input",
-    chunks: Sequence[int] | None = None,
-    passes: Sequence[str] = ("xz", "yz"),
-    tolerance: float = 0.1,
-    ignore_voxel_size: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Apply an emsrflow model package to a whole volume, slab by slab.
-
-    A super-resolution package super-resolves every section, in overlapping tiles
-    (:func:`emsrflow.infer.predict_stack`, written by :func:`emsrflow.io.write_slabs`
-    ``slab`` sections at a time, as the workflow's rule ``infer`` does); an isotropic
-    package reconstructs the isotropic volume of an anisotropic stack
-    (:func:`emsrflow.isotropic.reconstruct`, as rule ``iso_infer`` does).
-
-    Parameters
-    ----------
-    package : str or os.PathLike
-        Model package (:func:`export_package`).
-    source, target : str
-        Input and output volumes (see :func:`emsrflow.io.parse_path`; the output format
-        follows its suffix: ``.ome.zarr``, ``.zarr``, ``.tif``, ``.h5:/dataset``).
-    voxel_size_nm : sequence of float, optional
-        (z, y, x) of the input, overriding the file's. Without either the package's
-        training voxel size is assumed, with a warning.
-    tile, overlap, batch, tta, precision, device
-        See :func:`emsrflow.infer.predict_section`.
-    slab : int
-        Sections (isotropic: rows or columns) processed at a time.
-    dtype : {'input', 'float32', 'uint8', 'uint16'}
-        Output voxel type; ``input`` keeps an integer input's type (float input gives
-        float32). Intensities in [0, 1] are scaled to the integer range.
-    chunks : sequence of int, optional
-        Output chunk shape (z, y, x).
-    passes : sequence of {'xz', 'yz'}
-        Isotropic packages: plane orientations run and averaged.
-    tolerance : float
-        Relative lateral pixel difference accepted silently (:func:`check_voxel_size`).
-    ignore_voxel_size : bool
-        Only warn where the voxel size contradicts the package.
-    progress : bool
-        Show a progress bar (tqdm).
-
-    Returns
-    -------
-    dict
-        ``package`` (:func:`inspect`), ``input_shape``, ``output_shape``,
-        ``input_voxel_size_nm``, ``output_voxel_size_nm``, ``warnings``.
-    """
-    from tqdm.auto import tqdm
-
-    from .io import from_float01, open_volume, to_float01, write_slabs
-
-    model, info = load_package(package, device="cpu")
-    options = {
-        "tile": tile,
-        "overlap": overlap,
-        "batch": batch,
-        "tta": tta,
-        "precision": precision,
-        "device": device,
-    }
-    messages = []
-    with open_volume(source) as volume:
-        voxel = _voxel(voxel_size_nm, "--voxel-size") or volume.voxel_size
-        if voxel is None:
-            trained = info["voxel_size_nm"]["input"]
-            if info["kind"] == "isotropic":
-                trained = info["extra"].get("stack_voxel_size_nm") or trained
-            voxel = tuple(float(v) for v in trained)
-            messages.append(
-                f"{source}: the file gives no voxel size; assuming the package's training "
-                f"voxel size {tuple(voxel)} nm (pass --voxel-size z,y,x to set it)"
-            )
-        else:
-            messages += check_voxel_size(
-                info, voxel, tolerance=tolerance, strict=not ignore_voxel_size
-            )
-        for message in messages:
-            log.warning("%s", message)
-        kind = volume.dtype if dtype == "input" else np.dtype(dtype)
-        out_dtype = np.dtype(kind) if np.dtype(kind).kind in "ui" else np.dtype(np.float32)
-        if info["kind"] == "isotropic":
-            from .isotropic import isotropic_depth, reconstruct
-
-            rho = voxel[0] / voxel[2]
-            shape = (isotropic_depth(volume.shape[0], rho), *volume.shape[1:])
-            out_voxel = (voxel[2], voxel[1], voxel[2])
-            planes = sum(volume.shape[1 if p == "xz" else 2] for p in passes)
-            with tqdm(total=planes, unit="plane", desc="isotropic", disable=not progress) as bar:
-                reconstruct(
-                    model,
-                    _Counting(volume, bar),
-                    rho,
-                    target,
-                    voxel_size=out_voxel,
-                    slab=slab,
-                    passes=passes,
-                    chunks=chunks or (64, 64, 64),
-                    dtype=out_dtype,
-                    **options,
-                )
-        else:
-            tau = info["tau"]
-            shape = (volume.shape[0], volume.shape[1] * tau, volume.shape[2] * tau)
-            out_voxel = (voxel[0], voxel[1] / tau, voxel[2] / tau)
-            from .infer import predict_stack
-
-            with tqdm(
-                total=volume.shape[0],
-                unit="section",
-                desc="super-resolving",
-                disable=not progress,
-            ) as bar:
-
-                def render(z0: int, z1: int) -> np.ndarray:
-                    stack = to_float01(volume.read(z0, z1))
-                    result = predict_stack(model, stack, **options)
-                    bar.update(z1 - z0)
-                    return from_float01(result, out_dtype)
-
-                write_slabs(
-                    target,
-                    shape,
-                    out_voxel,
-                    render,
-                    slab=slab,
-                    chunks=chunks or (1, 512, 512),
-                    dtype=out_dtype,
-                )
-        input_shape = volume.shape
-    return {
-        "package": info,
-        "input_shape": list(input_shape),
-        "output_shape": list(shape),
-        "input_voxel_size_nm": list(voxel),
-        "output_voxel_size_nm": list(out_voxel),
-        "warnings": messages,
-    }
-
-
-class _Counting:
-    """A volume whose box reads advance a progress bar by the planes they hold."""
-
-    def __init__(self, volume: Any, bar: Any):
-        self._volume, self._bar, self.shape = volume, bar, volume.shape
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        block = self._volume[index]
-        rows = index[1]
-        self._bar.update(block.shape[1] if rows != slice(None) else block.shape[2])
-        return block

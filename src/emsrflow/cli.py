@@ -4,9 +4,9 @@ A trained model travels as a bioimage.io model package (a ``.zip``, see
 :mod:`emsrflow.bioimage`). The subcommands call the functions the workflow's rules call:
 
 ``emsrflow apply --model PACKAGE INPUT OUTPUT``
-    :func:`emsrflow.bioimage.apply_package`: super-resolve a whole volume section by
+    :func:`emsrflow.process.apply_package`: super-resolve a whole volume section by
     section (or, with an isotropic package, reconstruct an isotropic volume from an
-    anisotropic stack).
+    anisotropic stack), slab by slab as the workflow's slab jobs do.
 ``emsrflow export CHECKPOINT PACKAGE --test-data VOLUME``
     :func:`emsrflow.bioimage.export_package` (rules ``export`` and ``iso_export``).
 ``emsrflow inspect PACKAGE``
@@ -169,7 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "--tta", action="store_true", help="average the 8 flips and rotations (8× slower)"
     )
-    apply.add_argument("--slab", type=int, default=16, help="sections processed at a time")
+    apply.add_argument(
+        "--slab",
+        type=int,
+        default=16,
+        help="output sections computed at a time (memory grows with it); isotropic: the "
+        "block of planes reconstructed together",
+    )
+    apply.add_argument(
+        "--halo",
+        type=int,
+        default=16,
+        help="isotropic packages: planes of context above and below each block",
+    )
+    apply.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it already exists"
+    )
     apply.add_argument(
         "--dtype",
         choices=["input", "float32", "uint8", "uint16"],
@@ -310,14 +325,14 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import bioimage
+    from . import bioimage, process
 
     if args.command == "inspect":
         info = bioimage.inspect(args.package)
         print(json.dumps(info, indent=2) if args.json else format_info(info))
         return 0
     if args.command == "apply":
-        result = bioimage.apply_package(
+        result = process.apply_package(
             args.model,
             args.input,
             args.output,
@@ -329,6 +344,8 @@ def _run(args: argparse.Namespace) -> int:
             precision=args.precision,
             device=args.device,
             slab=args.slab,
+            halo=args.halo,
+            overwrite=args.overwrite,
             dtype=args.dtype,
             chunks=args.chunks,
             passes=args.passes,

@@ -41,6 +41,8 @@ __all__ = [
     "comparison_panel",
     "frc_curves",
     "metric_boxplots",
+    "qc_histograms",
+    "qc_panels",
     "section_views",
     "training_curves",
     "xz_views",
@@ -761,4 +763,186 @@ def section_views(
             axes.set_ylabel("z (µm)" if col == 0 else "")
     if title:
         figure.suptitle(title)
+    return figure
+
+
+# --------------------------------------------------------------------------------------
+# Quality control of produced volumes
+# --------------------------------------------------------------------------------------
+
+
+def _qc_image(axes, image, pixel_y, pixel_x, shown, title):
+    """Draw a 2-D image with axes in µm (pixel sizes in nm); return its extent."""
+    extent = (0.0, image.shape[1] * pixel_x / 1000, image.shape[0] * pixel_y / 1000, 0.0)
+    axes.imshow(image, extent=extent, aspect="equal", **shown)
+    axes.set_title(title, fontsize="medium")
+    return extent
+
+
+def _qc_crop(crop, in_voxel, out_voxel, out_shape):
+    """Return the output's window (y0, x0, height, width) over the input crop's field."""
+    y0, x0, size = crop
+    fy, fx = in_voxel[1] / out_voxel[1], in_voxel[2] / out_voxel[2]
+    height, width = max(1, round(size * fy)), max(1, round(size * fx))
+    oy = min(max(0, round(y0 * fy)), out_shape[0] - height)
+    ox = min(max(0, round(x0 * fx)), out_shape[1] - width)
+    return oy, ox, height, width
+
+
+def qc_panels(
+    input_section: np.ndarray,
+    output_section: np.ndarray,
+    input_xz: np.ndarray,
+    output_xz: np.ndarray,
+    *,
+    input_voxel_nm,
+    output_voxel_nm,
+    crop: tuple[int, int, int] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """QC panels of an input volume and the volume produced from it.
+
+    Top row: the input and output xy sections (typically the middle one) side by side,
+    drawn in µm so that grids of different pixel sizes line up, with the zoom rectangle;
+    middle row: the zoomed crops, the same field of view in both; bottom row: the xz
+    sections of both at their physical aspect ratio (thick sections stretched along z).
+    All images share one grey-level window (0.5–99.5 percentiles of all pooled), so a
+    contrast or brightness change by the model stays visible.
+
+    Parameters
+    ----------
+    input_section, output_section : numpy.ndarray
+        2-D xy sections (y, x) of the input and the output at the same depth.
+    input_xz, output_xz : numpy.ndarray
+        2-D xz sections (z, x) of the input and the output at the same row.
+    input_voxel_nm, output_voxel_nm : (z, y, x)
+        Voxel sizes in nm.
+    crop : (y0, x0, size), optional
+        Zoom window in input pixels; by default :func:`choose_crop` of the input section.
+        The output's window covers the same field of view on its grid.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Six axes: input and output full sections, crops and xz sections.
+
+    Raises
+    ------
+    ValueError
+        If an image is not 2-D, a voxel size is invalid or the crop leaves the input.
+    """
+    images = {
+        "input": input_section,
+        "output": output_section,
+        "input xz": input_xz,
+        "output xz": output_xz,
+    }
+    images = {name: np.asarray(a, dtype=np.float64) for name, a in images.items()}
+    for name, image in images.items():
+        if image.ndim != 2 or image.size == 0:
+            raise ValueError(f"{name}: expected a non-empty 2-D image, got shape {image.shape}")
+    voxels = {"input": _voxel_of(input_voxel_nm, "input")}
+    voxels["output"] = _voxel_of(output_voxel_nm, "output")
+    shape = images["input"].shape
+    y0, x0, size = choose_crop(images["input"]) if crop is None else (int(c) for c in crop)
+    if not (0 <= y0 and 0 <= x0 and size >= 1 and y0 + size <= shape[0] and x0 + size <= shape[1]):
+        raise ValueError(f"crop {(y0, x0, size)} leaves the input section of shape {shape}")
+    windows = {
+        "input": (y0, x0, size, size),
+        "output": _qc_crop(
+            (y0, x0, size), voxels["input"], voxels["output"], images["output"].shape
+        ),
+    }
+    vmin, vmax = _display_window(list(images.values()))
+    shown = {"cmap": "gray", "vmin": vmin, "vmax": vmax, "interpolation": "nearest"}
+
+    def aspect(name, plane_z=False):
+        image, (vz, vy, vx) = images[name], voxels[name.split()[0]]
+        return image.shape[0] * (vz if plane_z else vy) / (image.shape[1] * vx)
+
+    ratios = [
+        max(aspect("input"), aspect("output")),
+        1.0,
+        max(0.08, aspect("input xz", True), aspect("output xz", True)),
+    ]
+    figure = Figure(figsize=(8.0, 3.6 * sum(ratios) + 2.4), layout="constrained")
+    grid = figure.subplots(3, 2, squeeze=False, height_ratios=ratios)
+    for col, name in enumerate(("input", "output")):
+        image, (_, vy, vx) = images[name], voxels[name]
+        _qc_image(grid[0, col], image, vy, vx, shown, f"{name}: xy, {vx:g} nm pixels")
+        wy, wx, height, width = windows[name]
+        grid[0, col].add_patch(
+            Rectangle(
+                (wx * vx / 1000, wy * vy / 1000),
+                width * vx / 1000,
+                height * vy / 1000,
+                fill=False,
+                edgecolor="yellow",
+                lw=1.5,
+            )
+        )
+        zoom = image[wy : wy + height, wx : wx + width]
+        _qc_image(grid[1, col], zoom, vy, vx, shown, f"{name}: zoom")
+        for spine in grid[1, col].spines.values():
+            spine.set_edgecolor("yellow")
+        xz = images[f"{name} xz"]
+        _qc_image(grid[2, col], xz, voxels[name][0], vx, shown, f"{name}: xz")
+        grid[2, col].set_ylabel("z (µm)")
+        for row in range(3):
+            grid[row, col].set_xlabel("x (µm)")
+        grid[0, col].set_ylabel("y (µm)")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def qc_histograms(summary: Mapping, *, title: str | None = None) -> Figure:
+    """Intensity histograms of the input and the output, as fractions of their voxels.
+
+    Parameters
+    ----------
+    summary : mapping
+        The summary of :func:`emsrflow.qc.volume_qc`: its ``histogram`` (``edges``,
+        ``input`` and ``output`` counts) is drawn; its ``flags``, when present, are
+        written in the axes' upper left corner.
+    title : str, optional
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes with two step lines (log scale, so that clipping spikes at 0 and 1
+        and empty bins stay visible).
+
+    Raises
+    ------
+    ValueError
+        If the histogram is missing or its counts do not match its edges.
+    """
+    histogram = summary.get("histogram") if isinstance(summary, Mapping) else None
+    if not histogram or not {"edges", "input", "output"} <= set(histogram):
+        raise ValueError("summary lacks a histogram with edges, input and output counts")
+    edges = np.asarray(histogram["edges"], dtype=np.float64)
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for name, color in zip(("input", "output"), _colors(2), strict=True):
+        counts = np.asarray(histogram[name], dtype=np.float64)
+        if counts.shape != (edges.size - 1,):
+            raise ValueError(f"{counts.size} {name} counts do not match {edges.size} edges")
+        fraction = counts / counts.sum() if counts.sum() > 0 else counts
+        shown = np.where(fraction > 0, fraction, np.nan)  # a log axis cannot show 0
+        axes.stairs(shown, edges, color=color, label=name, linewidth=1.4)
+    axes.set_yscale("log")
+    axes.set_xlim(edges[0], edges[-1])
+    axes.set_xlabel("intensity (scaled to [0, 1])")
+    axes.set_ylabel("fraction of voxels")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize="small", loc="upper right")
+    flags = list(summary.get("flags") or [])
+    axes.set_title(title or "intensity histograms of the measured sections")
+    note = "\n".join(f"⚠ {flag}" for flag in flags) if flags else "no QC flags"
+    box = {"facecolor": "white", "alpha": 0.8, "edgecolor": "none"}
+    axes.text(0.01, 0.98, note, transform=axes.transAxes, va="top", fontsize="small", bbox=box)
     return figure

@@ -30,10 +30,12 @@ from numcodecs import Blosc
 from .errors import InputError
 
 __all__ = [
+    "ZARR_OPTIONS",
     "VolumeReader",
     "VolumeWriter",
     "atomic_output",
     "from_float01",
+    "ngff_multiscales",
     "open_volume",
     "parse_path",
     "read_volume",
@@ -54,7 +56,7 @@ _UNIT_NM = {
     "inch": 2.54e7,
 }
 # Zarr array options: Blosc/LZ4 (the Zarr 2 default, read by Fiji and napari), "/" keys (NGFF).
-_ZARR = {
+ZARR_OPTIONS = {
     "compressors": Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
     "chunk_key_encoding": {"name": "v2", "separator": "/"},
     "fill_value": 0,
@@ -214,6 +216,12 @@ def _open_zarr(path: Path, key: str | None, stack: contextlib.ExitStack):
         if key:
             raise InputError(f"{path}: is a Zarr array and takes no ':{key}'")
         return node, _voxel(attrs.get("voxel_size_nm"))
+    processing = attrs.get("emsrflow_processing") or {}
+    if processing.get("status") == "incomplete":
+        raise InputError(
+            f"{path}: incomplete: slab jobs are still writing it (or failed); rerun the "
+            "workflow, whose final step publishes it"
+        )
     if key is None and not multiscales:
         raise InputError(f"{path}: Zarr group without OME-NGFF multiscales; give ':array'")
     key = (key or multiscales[0]["datasets"][0]["path"]).strip("/")
@@ -414,6 +422,20 @@ def _ranges(indices: np.ndarray) -> str:
     return ", ".join(f"{r[0]}" if r.size == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
+def ngff_multiscales(name: str, voxel_size: Sequence[float]) -> list[dict]:
+    """OME-NGFF 0.4 ``multiscales`` metadata of one level ``"0"`` (axes z, y, x in nm)."""
+    axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
+    scale = [{"type": "scale", "scale": [float(v) for v in voxel_size]}]
+    return [
+        {
+            "version": "0.4",
+            "name": name,
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": scale}],
+        }
+    ]
+
+
 class VolumeWriter:
     """Write a volume slab by slab, publishing it atomically (a context manager).
 
@@ -484,17 +506,10 @@ class VolumeWriter:
 
     def _zarr(self, chunks: tuple[int, ...]):
         group = zarr.open_group(self._tmp, mode="w", zarr_format=2)
-        axes = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
-        scale = [{"type": "scale", "scale": list(self.voxel_size)}]
-        group.attrs["multiscales"] = [
-            {
-                "version": "0.4",
-                "name": self._final.name,
-                "axes": axes,
-                "datasets": [{"path": "0", "coordinateTransformations": scale}],
-            }
-        ]
-        return group.create_array("0", shape=self.shape, dtype=self.dtype, chunks=chunks, **_ZARR)
+        group.attrs["multiscales"] = ngff_multiscales(self._final.name, self.voxel_size)
+        return group.create_array(
+            "0", shape=self.shape, dtype=self.dtype, chunks=chunks, **ZARR_OPTIONS
+        )
 
     def __enter__(self) -> VolumeWriter:
         return self

@@ -18,7 +18,9 @@ Inference
     The stack is interpolated to the isotropic grid, cubic along z (the same
     interpolation as the pairs'); the network runs on every xz plane and on every yz
     plane (tiled, :func:`emsrflow.infer.predict_stack`); the two passes are stacked back
-    into volumes and averaged. Slabs of planes bound the memory whatever the volume size.
+    into volumes and averaged. The isotropic grid is processed in blocks of planes along
+    z, each with a halo of context planes (:func:`reconstruct_block`), so memory is
+    bounded by the block whatever the volume size, and blocks can be spread over jobs.
 
 The projected distribution loss (Delbracio, Talebi and Milanfar, 2020) is the 1D
 Wasserstein distance between the per-channel distributions of feature maps of the output
@@ -33,21 +35,18 @@ import functools
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zarr
 from torch import nn
 
 from .degrade import integrate_axis, slice_weights_within
 from .infer import predict_stack
-from .io import VolumeWriter, to_float01
+from .io import from_float01, to_float01, write_slabs
 from .train import OptimSettings, fit
 
 __all__ = [
@@ -60,6 +59,7 @@ __all__ = [
     "isotropic_objective",
     "projected_distribution_loss",
     "reconstruct",
+    "reconstruct_block",
     "simulate_anisotropic",
     "train_isotropic",
     "upsample_axis",
@@ -447,8 +447,89 @@ def simulate_anisotropic(volume: Any, rho: float, k0: int = 0, k1: int | None = 
     return out
 
 
-def _spans(n: int, size: int) -> list[tuple[int, int]]:
-    return [(a, min(a + size, n)) for a in range(0, n, size)]
+def _block_rows(n: int, depth: int, z0: int, z1: int) -> tuple[np.ndarray, int, int]:
+    """Rows z0..z1 of the cubic z-interpolation matrix and the slice range they read."""
+    rows = cubic_matrix(n, depth)[z0:z1]
+    used = np.flatnonzero(np.any(rows != 0, axis=0))
+    k0, k1 = int(used[0]), int(used[-1]) + 1
+    return rows[:, k0:k1], k0, k1
+
+
+def reconstruct_block(
+    model: nn.Module | None,
+    volume: Any,
+    rho: float,
+    z0: int,
+    z1: int,
+    *,
+    halo: int = 16,
+    passes: Sequence[str] = PASSES,
+    **options: Any,
+) -> np.ndarray:
+    """Isotropic sections ``z0`` to ``z1`` of the reconstruction of an anisotropic stack.
+
+    The stack is interpolated cubic along z onto the isotropic planes ``z0 − halo`` to
+    ``z1 + halo`` (clipped to the volume); each pass runs the network on the xz (or yz)
+    planes of that block, whose rows are z; the passes are averaged and the halo is cut
+    off. The network therefore sees ``halo`` planes of context above and below the
+    block, as a tile sees its overlap: a result depends on the block grid (the ``slab``
+    of :func:`reconstruct`) as tiled inference depends on its tiles, and not at all on
+    how blocks are spread over jobs. Memory holds ``z1 − z0 + 2·halo`` sections of the
+    isotropic grid (three times, in float32) besides the network's tiles.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or None
+        Same-size network, or None for cubic interpolation alone.
+    volume : array-like
+        (z, y, x) anisotropic stack: a NumPy array or :class:`emsrflow.io.VolumeReader`
+        (only the slices the block needs are read); intensities as :func:`to_float01`.
+    rho : float
+        Slice thickness in lateral pixels.
+    z0, z1 : int
+        Isotropic sections to return, ``0 ≤ z0 < z1 ≤ isotropic_depth(z, ρ)``.
+    halo : int, optional
+        Planes of context on each side of the block (≥ 0).
+    passes : sequence of {'xz', 'yz'}, optional
+        Plane orientations to run and average.
+    **options
+        Passed to :func:`emsrflow.infer.predict_stack` (tile, overlap, batch, tta,
+        precision, device).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (z1 − z0, y, x) in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If a pass is unknown, the volume is not 3D or the block is outside the grid.
+    """
+    unknown = sorted(set(passes) - set(PASSES)) or ([] if passes else ["none"])
+    if unknown:
+        raise ValueError(f"unknown isotropic pass(es) {unknown}; choose from {PASSES}")
+    shape = tuple(int(n) for n in volume.shape)
+    if len(shape) != 3:
+        raise ValueError(f"anisotropic volume must be 3D (z, y, x), got shape {shape}")
+    depth = isotropic_depth(shape[0], rho)
+    if not 0 <= z0 < z1 <= depth or halo < 0:
+        raise ValueError(
+            f"block {z0}:{z1} with halo {halo} is outside the {depth} isotropic planes"
+        )
+    a, b = max(0, z0 - halo), min(depth, z1 + halo)
+    rows, k0, k1 = _block_rows(shape[0], depth, a, b)
+    stack = to_float01(np.asarray(volume[k0:k1, :, :]))
+    block = np.clip(np.tensordot(rows, stack, axes=1), 0.0, 1.0)
+    if model is None:
+        return np.ascontiguousarray(block[z0 - a : z1 - a], np.float32)
+    total = np.zeros((z1 - z0, *shape[1:]), np.float32)
+    for name in passes:
+        axis = 1 if name == "xz" else 2
+        planes = np.ascontiguousarray(np.moveaxis(block, axis, 0))
+        result = np.moveaxis(predict_stack(model, planes, **options), 0, axis)
+        total += result[z0 - a : z1 - a]
+    return total / len(passes)
 
 
 def reconstruct(
@@ -458,25 +539,27 @@ def reconstruct(
     target: str,
     *,
     voxel_size: Sequence[float],
-    slab: int = 16,
+    slab: int = 32,
+    halo: int = 16,
     passes: Sequence[str] = PASSES,
     chunks: Sequence[int] | None = None,
     dtype: Any = np.float32,
     **options: Any,
 ) -> None:
-    """Reconstruct an isotropic volume from an anisotropic stack, slab by slab.
+    """Reconstruct an isotropic volume from an anisotropic stack, block by block.
 
-    The stack is interpolated to ``isotropic_depth(z, ρ)`` planes, cubic along z; each
-    pass runs the network on every plane of its orientation; the passes are averaged.
-    With ``model=None`` the result is the cubic interpolation itself (the baseline).
+    The isotropic grid (``isotropic_depth(z, ρ)`` planes) is cut into blocks of ``slab``
+    planes, each reconstructed with ``halo`` planes of context
+    (:func:`reconstruct_block`) and written as it is done, so memory is bounded by the
+    block whatever the depth. With ``model=None`` the result is the cubic interpolation
+    itself (the baseline).
 
     Parameters
     ----------
     model : torch.nn.Module or None
         Same-size network, or None for cubic interpolation alone.
     volume : array-like
-        (z, y, x) anisotropic stack: a NumPy array or :class:`emsrflow.io.VolumeReader`
-        (read ``slab`` rows or columns at a time); intensities as :func:`to_float01`.
+        (z, y, x) anisotropic stack: a NumPy array or :class:`emsrflow.io.VolumeReader`.
     rho : float
         Slice thickness in lateral pixels.
     target : str
@@ -484,8 +567,9 @@ def reconstruct(
     voxel_size : sequence of float
         Isotropic output voxel (z, y, x) in nm.
     slab : int, optional
-        Rows (xz pass) or columns (yz pass) per step; memory holds about
-        ``3 · depth · slab · max(y, x)`` floats besides the network's tiles.
+        Isotropic planes per block (≥ 1).
+    halo : int, optional
+        Planes of context on each side of a block (≥ 0).
     passes : sequence of {'xz', 'yz'}, optional
         Plane orientations to run and average.
     chunks : sequence of int, optional
@@ -499,50 +583,18 @@ def reconstruct(
     Raises
     ------
     ValueError
-        If a pass is unknown or the volume is not 3D.
+        If a pass is unknown, the volume is not 3D, or ``slab`` is not positive.
     """
-    unknown = sorted(set(passes) - set(PASSES)) or ([] if passes else ["none"])
-    if unknown:
-        raise ValueError(f"unknown isotropic pass(es) {unknown}; choose from {PASSES}")
+    if int(slab) < 1:
+        raise ValueError(f"slab must be at least 1 isotropic plane, got {slab}")
     shape = tuple(int(n) for n in volume.shape)
-    if len(shape) != 3:
-        raise ValueError(f"anisotropic volume must be 3D (z, y, x), got shape {shape}")
-    depth = isotropic_depth(shape[0], rho)
-    out_shape = (depth, shape[1], shape[2])
-    slab = max(1, int(slab))
-    tmp_parent = Path(target.split(":")[0]).resolve().parent
-    tmp_parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp_parent, prefix=".isotropic-") as tmp:
-        total = zarr.open_array(
-            Path(tmp) / "sum.zarr",
-            mode="w",
-            shape=out_shape,
-            chunks=(min(depth, 64), min(slab, shape[1]), min(slab, shape[2])),
-            dtype=np.float32,
-            zarr_format=2,
-            fill_value=0.0,
-        )
-        for index, name in enumerate(passes):
-            axis = 1 if name == "xz" else 2
-            spans = _spans(shape[axis], slab)
-            log.info("isotropic pass %s: %d planes in %d slabs", name, shape[axis], len(spans))
-            for a, b in spans:
-                region = (slice(None), slice(a, b), slice(None))
-                if axis == 2:
-                    region = (slice(None), slice(None), slice(a, b))
-                block = to_float01(np.asarray(volume[region]))
-                planes = np.moveaxis(upsample_axis(block, 0, depth), axis, 0)
-                if model is not None:
-                    planes = predict_stack(model, np.ascontiguousarray(planes), **options)
-                block = np.moveaxis(planes, 0, axis)
-                total[region] = block if index == 0 else total[region] + block
+    depth = isotropic_depth(shape[0], rho) if len(shape) == 3 else 0
+    log.info("isotropic reconstruction: %d planes in blocks of %d, halo %d", depth, slab, halo)
 
-        def render(z0: int, z1: int) -> np.ndarray:
-            mean = np.clip(total[z0:z1] / len(passes), 0.0, 1.0)
-            if np.dtype(dtype).kind in "ui":
-                return np.round(mean * np.iinfo(dtype).max).astype(dtype)
-            return mean.astype(dtype)
+    def render(z0: int, z1: int) -> np.ndarray:
+        block = reconstruct_block(model, volume, rho, z0, z1, halo=halo, passes=passes, **options)
+        return from_float01(block, dtype)
 
-        with VolumeWriter(target, out_shape, dtype, voxel_size, chunks=chunks) as writer:
-            for z0, z1 in _spans(depth, slab):  # memory: a few copies of `slab` sections
-                writer.write(z0, render(z0, z1))
+    write_slabs(
+        target, (depth, *shape[1:]), voxel_size, render, slab=int(slab), chunks=chunks, dtype=dtype
+    )

@@ -735,6 +735,7 @@ def fit(
     checkpoint: str | os.PathLike,
     curve: str | os.PathLike,
     progress: bool = True,
+    hooks: Any = None,
 ) -> nn.Module:
     """Optimise ``model`` with Adam on batches from ``draw``, checkpointed and resumable.
 
@@ -777,6 +778,13 @@ def fit(
         installed.
     progress : bool
         Show a tqdm progress bar.
+    hooks : object, optional
+        Further state of the run, for trainers with a second network or several
+        processes (:mod:`emsrflow.largefactor`): ``hooks.state_dict()`` is called in
+        every process at every checkpoint and saved under ``"hooks"``;
+        ``hooks.load_state_dict(state)`` is called on resume, after the random states
+        are restored; a false ``hooks.writes`` makes this process write no checkpoint,
+        curve or TensorBoard scalars (the other ranks of a distributed run).
 
     Returns
     -------
@@ -823,6 +831,8 @@ def fit(
         saved = state.get("running", [0.0] * len(running))
         running += torch.as_tensor(saved, dtype=torch.float64).to(device)
         since_row = int(state.get("since_row", 0))
+        if hooks is not None:
+            hooks.load_state_dict(state.get("hooks"))
         log.info(
             "resuming %s at step %d of %d from %s", spec["type"], step, settings.steps, checkpoint
         )
@@ -831,7 +841,12 @@ def fit(
         random.seed(settings.seed)
         log.info("training %s on %s, %d steps", spec["type"], device, settings.steps)
 
+    writes = bool(getattr(hooks, "writes", True))
+
     def save() -> None:
+        extra = {} if hooks is None else {"hooks": hooks.state_dict()}
+        if not writes:
+            return
         _write_curve(curve, columns, rows)  # first: a checkpoint never has rows the CSV lacks
         save_checkpoint(
             checkpoint,
@@ -845,9 +860,10 @@ def fit(
             curve=rows,
             running=running.tolist(),
             since_row=since_row,
+            **extra,
         )
 
-    board = _tensorboard(curve, step)
+    board = _tensorboard(curve, step) if writes else None
     bar = tqdm(total=settings.steps, initial=step, disable=not progress, unit="step")
     start_step, started = step, time.perf_counter()
     try:
@@ -884,7 +900,8 @@ def fit(
                     seconds, tic = seconds + now - tic, now
                     save()
                     speed = (step - start_step) / max(now - started, 1e-9)
-                    log.info(
+                    log.log(
+                        logging.INFO if writes else logging.DEBUG,
                         "step %d/%d: loss %.5g, lr %.3g, %.2f steps/s; checkpoint %s",
                         step,
                         settings.steps,
@@ -893,7 +910,7 @@ def fit(
                         speed,
                         checkpoint,
                     )
-        if not curve.exists():  # a resumed run that had nothing left to train
+        if writes and not curve.exists():  # a resumed run that had nothing left to train
             _write_curve(curve, columns, rows)
     finally:
         bar.close()

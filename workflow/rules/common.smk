@@ -1,3 +1,4 @@
+import json
 import zlib
 
 import pandas as pd
@@ -199,6 +200,46 @@ ABLATION_DATASETS = [
     d for d in PAIRED if samples.loc[d, "animal"] in (ABLATIONS["folds"] or FOLDS)
 ]
 
+# Production processing (config `process:`, config/process.yaml): new acquisitions of a
+# sheet and the model packages applied to them, with no training. Products of an
+# acquisition: `sr` (super-resolved by its package) and `isotropic` (reconstructed by its
+# isotropic package from the `sr` product where there is one, else from the volume).
+PROCESS = config.get("process")
+PROCESS_COLUMNS = ["acquisition", "volume", "package", "isotropic_package", "voxel_nm"]
+acquisitions = pd.DataFrame(columns=PROCESS_COLUMNS, dtype=str)
+if PROCESS:
+    acquisitions = pd.read_csv(
+        PROCESS["sheet"], sep="\t", dtype=str, keep_default_na=False, comment="#"
+    )
+    validate(acquisitions, schema="../schemas/acquisitions.schema.yaml")
+    _repeated = sorted(
+        set(acquisitions.acquisition[acquisitions.acquisition.duplicated()])
+    )
+    if _repeated:
+        raise ValueError(
+            f"{PROCESS['sheet']}: column 'acquisition' repeats the ids {_repeated}"
+        )
+    for _column in PROCESS_COLUMNS:
+        if _column not in acquisitions:
+            acquisitions[_column] = ""
+    acquisitions = acquisitions.set_index("acquisition", drop=False)
+    for _column in ("package", "isotropic_package"):
+        acquisitions.loc[acquisitions[_column] == "", _column] = PROCESS[_column]
+    _idle = list(
+        acquisitions.index[
+            (acquisitions.package == "") & (acquisitions.isotropic_package == "")
+        ]
+    )
+    if _idle:
+        raise ValueError(
+            f"{PROCESS['sheet']}: acquisitions {_idle} have no package and process: "
+            "package / isotropic_package give none; name a model package for them"
+        )
+PRODUCTS = {
+    a: [p for p, c in (("sr", "package"), ("isotropic", "isotropic_package")) if row[c]]
+    for a, row in acquisitions.iterrows()
+}
+
 
 wildcard_constraints:
     dataset="|".join(samples.index),
@@ -213,6 +254,9 @@ wildcard_constraints:
     iso_method="|".join(ISO_METHODS),
     study="|".join(ABLATION_STUDIES) or "^$",
     sigma="[0-9]+(p[0-9]+)?",
+    acquisition="|".join(acquisitions.index) or "^$",
+    product="sr|isotropic",
+    slab="[0-9]+",
 
 
 def volume_file(spec):
@@ -376,7 +420,17 @@ def iso_method_metadata(wildcards):
 
 
 def get_final_output(wildcards):
-    """Input function of the default target: every output of a full study."""
+    """Input function of the default target: every output of a full study, or with a
+    `process:` config every processed volume and its QC."""
+    if PROCESS:
+        return [
+            *(
+                f"results/process/{a}/qc/{p}.json"
+                for a, products in PRODUCTS.items()
+                for p in products
+            ),
+            "results/process/qc.html",
+        ]
     train = config["train"]
     if TRAINED and len(FOLDS) < 2:
         raise ValueError(
@@ -449,3 +503,46 @@ def get_final_output(wildcards):
         ),
         "results/provenance/provenance.yaml",
     ]
+
+
+def process_package(wildcards):
+    """The model package of an acquisition's product."""
+    column = "package" if wildcards.product == "sr" else "isotropic_package"
+    return acquisitions.loc[wildcards.acquisition, column]
+
+
+def process_source(wildcards):
+    """Params function: the volume a product is made from (the `sr` product's volume
+    for an isotropic product of a super-resolved acquisition)."""
+    if wildcards.product == "isotropic" and "sr" in PRODUCTS[wildcards.acquisition]:
+        return f"results/process/{wildcards.acquisition}/sr.ome.zarr"
+    return acquisitions.loc[wildcards.acquisition, "volume"]
+
+
+def process_source_input(wildcards):
+    """Input function: the file behind :func:`process_source`, or the summary of the
+    step that publishes it."""
+    if wildcards.product == "isotropic" and "sr" in PRODUCTS[wildcards.acquisition]:
+        return f"results/process/{wildcards.acquisition}/sr.json"
+    return volume_file(acquisitions.loc[wildcards.acquisition, "volume"])
+
+
+def process_voxel(wildcards):
+    """Params function: the sheet's voxel size (z, y, x) of an acquired volume, or None."""
+    cell = acquisitions.loc[wildcards.acquisition, "voxel_nm"]
+    if not cell or process_source(wildcards).startswith("results/process/"):
+        return None
+    return [float(v) for v in cell.split(",")]
+
+
+def process_slabs(wildcards):
+    """Input function: the slab markers of a product, from its plan (a checkpoint)."""
+    plan = checkpoints.process_plan.get(**wildcards).output.plan
+    with open(plan) as handle:
+        count = len(json.load(handle)["slabs"])
+    return expand(
+        "results/process/{acquisition}/slabs/{product}/{slab}.json",
+        acquisition=wildcards.acquisition,
+        product=wildcards.product,
+        slab=range(count),
+    )

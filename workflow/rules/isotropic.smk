@@ -114,6 +114,7 @@ rule iso_infer:
         spec=config["isotropic"]["arch"],
         passes=config["isotropic"]["passes"],
         slab=config["isotropic"]["slab"],
+        halo=config["isotropic"]["halo"],
         infer=config["infer"],
     script:
         "../../scripts/iso_infer.py"
