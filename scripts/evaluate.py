@@ -8,13 +8,17 @@ shows), read ``io.slab`` at a time.
 on the original HR grid (the phantom's ``hr_labels``): they are mapped to the reference's
 grid (the HR resized to the integer ratio τ) by nearest neighbour, and each section's
 prediction is segmented and scored against them (VOI split and merge, adapted Rand error).
+The segmentation is the fold's fixed pipeline where ``input.segmenter`` is given (rule
+``segmenter``: affinities of a slab of predicted sections, watershed and agglomeration at
+the calibrated threshold), else the membrane watershed of each section.
 """
 
 import contextlib
+import json
 
 import pandas as pd
 
-from emsrflow import io
+from emsrflow import io, segment
 from emsrflow.metrics import slice_metrics
 from emsrflow.resize import nearest
 from emsrflow.runlog import rule_logger
@@ -23,6 +27,12 @@ log = rule_logger(snakemake.log[0], snakemake.rule)
 p = snakemake.params
 planes = getattr(p, "planes", "xy")
 labels_spec = getattr(p, "labels", "")
+segmenter = getattr(snakemake.input, "segmenter", None)
+if segmenter:
+    net = segment.load_affinity_net(segmenter)
+    calibration = json.loads(open(snakemake.input.calibration).read())
+    segmenting = {k: calibration[k] for k in ("threshold", "tile", "overlap")}
+    log.info("segmenting with %s at threshold %g", segmenter, segmenting["threshold"])
 rows = []
 with contextlib.ExitStack() as stack:
     sr, hr = (
@@ -45,14 +55,21 @@ with contextlib.ExitStack() as stack:
         if axis == 1:
             box = (slice(None), slice(a, b), slice(None))
         reference, prediction = (io.to_float01(v[box]).swapaxes(0, axis) for v in (hr, sr))
-        truth = [None] * len(reference)
+        truth = segments = [None] * len(reference)
         if labels is not None:
             truth = nearest(labels.read(a, b), hr.shape[1:])
-        for index, (ref, pred, lab) in enumerate(
-            zip(reference, prediction, truth, strict=True), start=a
+            if segmenter:
+                segments = segment.segment_volume(net, prediction, **segmenting)
+        for index, (ref, pred, lab, seg) in enumerate(
+            zip(reference, prediction, truth, segments, strict=True), start=a
         ):
             metrics = slice_metrics(
-                ref, pred, data_range=1.0, pixel_nm=hr.voxel_size[2], labels=lab
+                ref,
+                pred,
+                data_range=1.0,
+                pixel_nm=hr.voxel_size[2],
+                labels=lab,
+                segmentation=seg,
             )
             rows.append({**p.meta, "slice": index, **metrics})
 table = pd.DataFrame(rows)

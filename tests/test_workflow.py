@@ -66,6 +66,15 @@ TINY_ISO = {
     "gpus": 0,
     "threads": 1,
 }
+# The fixed segmentation pipeline of VOI/ARAND, as small as can be.
+TINY_SEGMENTATION = {
+    "net": {"channels": 4, "levels": 1},
+    "settings": {"steps": 20, "batch": 1, "patch": [2, 32, 32], "log_every": 5},
+    "thresholds": [0.3, 0.5],
+    "tile": [16, 128, 128],
+    "overlap": [2, 16, 16],
+    "threads": 1,
+}
 # The validation protocol: a dataset given only as an isotropic volume.
 SIMULATED = "brain3_ipsi"
 # Ablations off (the demo's cheap noise study holds out brain3, absent from some tests).
@@ -115,6 +124,7 @@ def make_study(workdir, datasets=DATASETS, **overrides):
             "infer": TINY_INFER,
             "isotropic": TINY_ISO,
             "ablations": NO_ABLATIONS,
+            "segmentation": TINY_SEGMENTATION,
             **overrides,
         }
     )
@@ -384,6 +394,14 @@ def test_phantom_datasets_are_scored_against_their_labels(study):
     assert np.isfinite(summary[[f"{m}_mean" for m in segmentation]].to_numpy()).all()
     table = (study / "results/tables/table2_arand.md").read_text()
     assert "Table II: arand" in table and "bicubic" in table
+    # Segmented by each fold's affinity network, its threshold chosen on training data.
+    for fold in ("brain1", "brain2", "brain3"):
+        calibration = json.loads(
+            (study / f"results/models/segmentation/{fold}/calibration.json").read_text()
+        )
+        assert calibration["threshold"] in TINY_SEGMENTATION["thresholds"]
+    log = (study / "results/logs/evaluate/brain1_ipsi/bicubic.log").read_text()
+    assert "segmentation/brain1" in log
     assert (study / "results/figures/boxplot_voi_split.png").stat().st_size > 10_000
 
 

@@ -684,7 +684,16 @@ def adapted_rand_error(labels_true, labels_pred, *, ignore_labels=(0,)):
 # --------------------------------------------------------------------------------------
 
 
-def slice_metrics(reference, prediction, *, data_range, pixel_nm, labels=None, frc_threshold=1 / 7):
+def slice_metrics(
+    reference,
+    prediction,
+    *,
+    data_range,
+    pixel_nm,
+    labels=None,
+    segmentation=None,
+    frc_threshold=1 / 7,
+):
     """All metrics of one 2-D slice pair, with a status saying whether to use them.
 
     Parameters
@@ -697,8 +706,11 @@ def slice_metrics(reference, prediction, *, data_range, pixel_nm, labels=None, f
         Pixel size in nm, for the FRC resolution.
     labels : array_like of int, optional
         Ground-truth labels of the slice (0 = membrane/background, ignored). When given,
-        the prediction is segmented by :func:`membrane_watershed` (default settings) and
-        compared with them.
+        the prediction's segmentation is compared with them.
+    segmentation : array_like of int, optional
+        The prediction's segmentation (e.g. a section of
+        :func:`emsrflow.segment.segment_volume` of the predicted volume); default: the
+        prediction segmented by :func:`membrane_watershed` (default settings).
     frc_threshold : float, optional
         Threshold of :func:`frc_resolution` (1/7 by default).
 
@@ -765,7 +777,7 @@ def slice_metrics(reference, prediction, *, data_range, pixel_nm, labels=None, f
         )
 
     if labels is not None:
-        segments = membrane_watershed(prediction)
+        segments = membrane_watershed(prediction) if segmentation is None else segmentation
         result["voi_split"], result["voi_merge"] = voi(labels, segments)
         result["arand"] = adapted_rand_error(labels, segments)
     return result

@@ -68,6 +68,8 @@ rule ablation_evaluate:
         sr="results/{dataset}/sr_lrnoise{sigma}/{method}.ome.zarr",
         hr="results/{dataset}/prepare/hr.ome.zarr",
         labels=get_labels,
+        segmenter=get_segmenter("model.pt"),
+        calibration=get_segmenter("calibration.json"),
     output:
         slices="results/{dataset}/evaluate_lrnoise{sigma}/{method}.tsv",
     log:
@@ -86,6 +88,7 @@ rule ablation_evaluate:
             "lr_noise": level_value(wildcards.sigma),
         },
         labels=sheet_value("labels"),
+        segmentation=config.get("segmentation"),
         io=config["io"],
     script:
         "../../scripts/evaluate.py"

@@ -328,6 +328,27 @@ def get_labels(wildcards):
     return volume_file(samples.loc[wildcards.dataset, "labels"]) or []
 
 
+def labelled_training(fold):
+    """Labelled paired datasets of every animal but the held-out one."""
+    return [d for d in LABELLED if samples.loc[d, "animal"] != fold]
+
+
+def get_segmenter(name):
+    """Input function: a file of the segmentation network (rule segmenter) of a labelled
+    dataset's fold; none without labels, a `segmentation:` config, or labelled training
+    data (the prediction is then segmented by the membrane watershed)."""
+
+    def inner(wildcards):
+        fold = samples.loc[wildcards.dataset, "animal"]
+        if not config.get("segmentation") or wildcards.dataset not in LABELLED:
+            return []
+        if not labelled_training(fold):
+            return []
+        return f"results/models/segmentation/{fold}/{name}"
+
+    return inner
+
+
 def get_method_model(wildcards):
     """Input function: the fold model of a dataset's method; none for a baseline."""
     if wildcards.method in BASELINES:
@@ -501,6 +522,7 @@ def get_final_output(wildcards):
             "results/packages/isotropic/{dataset}.zip",
             dataset=ISOTROPIC if config["export"]["enabled"] else [],
         ),
+        *largefactor_outputs(),
         "results/provenance/provenance.yaml",
     ]
 
@@ -546,3 +568,170 @@ def process_slabs(wildcards):
         product=wildcards.product,
         slab=range(count),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Large-factor super-resolution (GPEMSR)
+#
+# Config `largefactor:` (optional: a config without it, or with `factors: []`, runs none
+# of it). Per factor f (8, 16) and leave-one-animal-out fold: LR made from the prepared HR
+# (rules gp_degrade, gp_labels), the three GPEMSR stages (gp_codebook per fold,
+# gp_indexer and gp_reconstruction per fold and factor; variants of Stage III: `full`,
+# `single` = single section, and the Table 5 ablations of `largefactor: ablation:`),
+# trained baselines (gp_train_baseline) and bicubic, inference of the held-out datasets
+# (gp_infer), evaluation, and the GPEMSR paper's Tables 1 and 5 (gp_table1, gp_table5).
+LARGEFACTOR = config.get("largefactor") or {}
+GP_FACTORS = [int(f) for f in LARGEFACTOR.get("factors") or []]
+GP_ABLATION = dict(LARGEFACTOR.get("ablation") or {})
+# Stage III variants: name → keyword overrides of emsrflow.archs.gpemsr.GPEMSR.
+GP_VARIANTS = {"full": {}, "single": {"single_section": True}, **GP_ABLATION}
+GP_ARCHS = dict((LARGEFACTOR.get("baselines") or {}).get("archs") or {})
+# Methods, in the tables' order: bicubic, trained baselines, GPEMSR single-section, full.
+GP_TABLE1 = ["bicubic", *GP_ARCHS, "gpemsr_single", "gpemsr_full"]
+GP_TABLE5 = ["gpemsr_full", *(f"gpemsr_{name}" for name in GP_ABLATION)]
+GP_METHODS = list(dict.fromkeys([*GP_TABLE1, *GP_TABLE5]))
+# Metrics of Tables 1 and 5 (VOI as its split and merge parts; LPIPS and DISTS need
+# pretrained ImageNet networks, absent here: their columns say "not available").
+GP_METRICS = {
+    m: METRICS[m]
+    for m in ("psnr", "ssim", "frc", "voi_split", "voi_merge", "arand")
+    if m in METRICS
+}
+GP_LABELS = {
+    "bicubic": "Bicubic",
+    **{
+        name: name if name == spec["type"] else f"{name} ({spec['type']})"
+        for name, spec in GP_ARCHS.items()
+    },
+    "gpemsr_single": "GPEMSR (single section)",
+    "gpemsr_full": "GPEMSR",
+    **{
+        f"gpemsr_{name}": "GPEMSR, "
+        + ", ".join(f"{key}={value}" for key, value in changes.items())
+        for name, changes in GP_ABLATION.items()
+    },
+}
+if GP_FACTORS:
+    _clash = sorted({"full", "single"} & set(GP_ABLATION))
+    if _clash:
+        raise ValueError(
+            f"largefactor: ablation: the variant names {_clash} are reserved (the full "
+            "and single-section GPEMSR); rename them"
+        )
+    if "bicubic" in GP_ARCHS or any(
+        s.get("type") == "bicubic" for s in GP_ARCHS.values()
+    ):
+        raise ValueError(
+            "largefactor: baselines: archs lists bicubic; it is always compared, list "
+            "only trained networks there"
+        )
+    if len(FOLDS) < 2:
+        raise ValueError(
+            f"{config['samples']}: large-factor training leaves one animal out and needs "
+            f"HR data of at least two animals, found {FOLDS}"
+        )
+
+
+def gp_stage(stage, key):
+    """Params function: a stage's `network` or `settings` of config `largefactor:`,
+    the factor added to the settings of Stages II and III."""
+
+    def inner(wildcards):
+        value = dict(LARGEFACTOR[stage][key] or {})
+        if key == "settings" and stage != "codebook":
+            value["scale"] = int(wildcards.factor)
+        if key == "network" and stage == "reconstruction":
+            value.update(GP_VARIANTS[wildcards.gp_variant])
+        return value
+
+    return inner
+
+
+def gp_training_hr(wildcards):
+    """Input function: the prepared HR volumes of a fold's training datasets (Stage I)."""
+    return [
+        f"results/{d}/prepare/hr.ome.zarr" for d in training_datasets(wildcards.fold)
+    ]
+
+
+def gp_training_pairs(side):
+    """Input function: the LR (side "lr") or HR ("hr") volumes at a factor of a fold's
+    training datasets."""
+
+    def inner(wildcards):
+        return [
+            f"results/{d}/largefactor/x{wildcards.factor}/{side}.ome.zarr"
+            for d in training_datasets(wildcards.fold)
+        ]
+
+    return inner
+
+
+def gp_prior(wildcards):
+    """Input function: the Stage II model of a Stage III variant (none without MPF)."""
+    if not GP_VARIANTS[wildcards.gp_variant].get("mpf", True):
+        return []
+    return f"results/models/largefactor/{wildcards.fold}/x{wildcards.factor}/indexer/model.pt"
+
+
+def gp_method_model(wildcards):
+    """Input function: the fold model of a dataset's large-factor method (none: bicubic)."""
+    fold = samples.loc[wildcards.dataset, "animal"]
+    folder = f"results/models/largefactor/{fold}/x{wildcards.factor}"
+    if wildcards.gp_method == "bicubic":
+        return []
+    if wildcards.gp_method in GP_ARCHS:
+        return f"{folder}/{wildcards.gp_method}_real_l1/model.pt"
+    return f"{folder}/{wildcards.gp_method}/model.pt"
+
+
+def gp_method_spec(wildcards):
+    """Params function: the network spec of a baseline (bicubic or trained); none for
+    GPEMSR (its checkpoint holds it)."""
+    if wildcards.gp_method == "bicubic":
+        return {"type": "bicubic"}
+    return GP_ARCHS.get(wildcards.gp_method, {"type": "gpemsr"})
+
+
+def gp_labels(wildcards):
+    """Input function: a dataset's labels on the cropped HR grid of a factor, if any."""
+    if not samples.loc[wildcards.dataset, "labels"]:
+        return []
+    return (
+        f"results/{wildcards.dataset}/largefactor/x{wildcards.factor}/labels.ome.zarr"
+    )
+
+
+def gp_method_metadata(wildcards):
+    """Params function: the sheet and model fields of a dataset's large-factor method."""
+    row = samples.loc[wildcards.dataset]
+    method = wildcards.gp_method
+    trained = method in GP_ARCHS
+    return {
+        "dataset": wildcards.dataset,
+        "animal": row["animal"],
+        "hemisphere": row["hemisphere"],
+        "fold": row["animal"],
+        "method": method,
+        "arch": GP_ARCHS[method]["type"] if trained else method.split("_")[0],
+        "strategy": "real" if trained else "",
+        "loss": "l1" if trained else "",
+        "factor": int(wildcards.factor),
+    }
+
+
+def largefactor_outputs():
+    """Targets of the large-factor study: Tables 1 and 5 and every super-resolved volume
+    (none when config `largefactor:` is absent or lists no factors)."""
+    if not GP_FACTORS:
+        return []
+    return [
+        "results/tables/largefactor_table1.html",
+        *(["results/tables/largefactor_table5.html"] if GP_ABLATION else []),
+        *expand(
+            "results/{dataset}/largefactor/x{factor}/sr/{gp_method}.ome.zarr",
+            dataset=PAIRED,
+            factor=GP_FACTORS,
+            gp_method=GP_METHODS,
+        ),
+    ]

@@ -5,6 +5,8 @@ rule evaluate:
         sr="results/{dataset}/sr/{method}.ome.zarr",
         hr="results/{dataset}/prepare/hr.ome.zarr",
         labels=get_labels,
+        segmenter=get_segmenter("model.pt"),
+        calibration=get_segmenter("calibration.json"),
     output:
         slices="results/{dataset}/evaluate/{method}.tsv",
     log:
@@ -20,9 +22,48 @@ rule evaluate:
     params:
         meta=method_metadata,
         labels=sheet_value("labels"),
+        segmentation=config.get("segmentation"),
         io=config["io"],
     script:
         "../../scripts/evaluate.py"
+
+
+rule segmenter:
+    """The fixed segmentation pipeline of a fold: an affinity U-Net trained on the HR
+    volumes and labels of the fold's labelled training datasets, its merge threshold
+    chosen on them (lowest VOI)."""
+    input:
+        hr=lambda wildcards: expand(
+            "results/{dataset}/prepare/hr.ome.zarr",
+            dataset=labelled_training(wildcards.fold),
+        ),
+        labels=lambda wildcards: [
+            volume_file(samples.loc[d, "labels"])
+            for d in labelled_training(wildcards.fold)
+        ],
+    output:
+        model="results/models/segmentation/{fold}/model.pt",
+        curve="results/models/segmentation/{fold}/curve.csv",
+        calibration="results/models/segmentation/{fold}/calibration.json",
+    log:
+        "results/logs/segmenter/{fold}.log",
+    benchmark:
+        "results/benchmarks/segmenter/{fold}.tsv"
+    conda:
+        "../../envs/emsrflow.yaml"
+    container:
+        config["containers"]["gpu"]
+    threads: config.get("segmentation", {}).get("threads", 1)
+    resources:
+        mem_mb=4000,
+        gpu=config["train"]["gpus"],  # as many as a training job of the study
+    params:
+        labels=lambda wildcards: [
+            samples.loc[d, "labels"] for d in labelled_training(wildcards.fold)
+        ],
+        segmentation=config.get("segmentation"),
+    script:
+        "../../scripts/segmenter.py"
 
 
 rule collect:

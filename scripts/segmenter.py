@@ -1,0 +1,41 @@
+"""Rule segmenter: a fold's affinity U-Net, trained on labelled HR data, and its threshold."""
+
+import json
+
+import torch
+
+from emsrflow import io, segment
+from emsrflow.resize import nearest
+from emsrflow.runlog import rule_logger
+
+log = rule_logger(snakemake.log[0], snakemake.rule)
+p, inp, out = snakemake.params, snakemake.input, snakemake.output
+torch.set_num_threads(snakemake.threads)
+images, labels = [], []
+for hr_path, labels_spec in zip(inp.hr, p.labels, strict=True):
+    with io.open_volume(hr_path) as hr, io.open_volume(labels_spec) as truth:
+        if truth.shape[0] != hr.shape[0]:
+            raise ValueError(
+                f"{truth.path}: {truth.shape[0]} sections, {hr.path} has {hr.shape[0]}"
+            )
+        images.append(io.to_float01(hr.read()))
+        labels.append(nearest(truth.read(), hr.shape[1:]))  # labels onto the HR grid
+options = p.segmentation
+settings = segment.Settings.from_dict(options["settings"])
+net = segment.AffinityUNet(**options["net"])
+log.info("training on %d labelled volumes, %d steps", len(images), settings.steps)
+net, _ = segment.train_affinity_net(
+    images, labels, settings, net=net, checkpoint=out.model, curve=out.curve
+)
+tiling = {"tile": options["tile"], "overlap": options["overlap"]}
+calibration = segment.calibrate_threshold(
+    net, images, labels, thresholds=options["thresholds"], **tiling
+)
+log.info(
+    "threshold %.2f (VOI %s over %s)",
+    calibration["threshold"],
+    calibration["voi"],
+    calibration["thresholds"],
+)
+with io.atomic_output(out.calibration) as tmp:
+    tmp.write_text(json.dumps({**calibration, **tiling}, indent=2))
