@@ -148,3 +148,19 @@ def test_input_of_another_type_and_range_warns_with_the_figures(packages, tmp_pa
     )
     assert plan.dtype == "uint16"
     assert process.make_plan(packages["sr"], packages["lr_tif"], **OPTIONS).warnings == ()
+
+
+def test_an_unzipped_package_folder_works_like_the_zip(packages, tmp_path):
+    folder = tmp_path / "package"
+    with zipfile.ZipFile(packages["sr"]) as archive:
+        archive.extractall(folder)
+    assert bioimage.inspect(folder)["files"] == bioimage.inspect(packages["sr"])["files"]
+    outputs = []
+    for package in (packages["sr"], folder):
+        target = str(tmp_path / f"{package.name}.ome.zarr")
+        process.apply_package(package, packages["lr_tif"], target, progress=False, **OPTIONS)
+        outputs.append(io.read_volume(target)[0])
+    np.testing.assert_array_equal(*outputs)
+    (folder / "weights.pt").write_bytes(b"not weights")
+    with pytest.raises(InputError, match=r"damaged package: weights\.pt has sha256"):
+        bioimage.inspect(folder)

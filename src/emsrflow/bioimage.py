@@ -941,6 +941,11 @@ def isotropic_test_data(
 def _read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Read a package's description and files, and check them; see :func:`inspect`."""
     path = Path(path)
+    if path.is_dir():  # an unzipped package: its files, by their paths inside it
+        members = {
+            f.relative_to(path).as_posix(): f.read_bytes() for f in path.rglob("*") if f.is_file()
+        }
+        return _check_members(path, members)
     if not path.is_file():
         raise InputError(f"{path}: package not found")
     try:
@@ -952,6 +957,11 @@ def _read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, by
         ) from None
     except (zipfile.LargeZipFile, RuntimeError, ValueError) as err:
         raise InputError(f"{path}: damaged package: {err}") from err
+    return _check_members(path, members)
+
+
+def _check_members(path: Path, members: dict[str, bytes]):
+    """Check a package's files (a zip's members or a folder's files); see :func:`inspect`."""
     rdf_name = next((n for n in _RDF_NAMES if n in members), None)
     rdf_name = rdf_name or next((n for n in members if n.endswith(".bioimageio.yaml")), None)
     if rdf_name is None:

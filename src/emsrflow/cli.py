@@ -138,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=_APPLY,
         formatter_class=_Formatter,
     )
-    apply.add_argument("--model", required=True, metavar="PACKAGE", help="model package (.zip)")
+    apply.add_argument(
+        "--model",
+        required=True,
+        metavar="PACKAGE",
+        help="model package (.zip, or its unzipped folder)",
+    )
     apply.add_argument(
         "input", metavar="INPUT", help="volume to process (.tif, .ome.zarr, .h5:/dataset)"
     )
@@ -275,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         "voxel sizes of its input and output, and how it was trained.",
         formatter_class=_Formatter,
     )
-    inspect.add_argument("package", metavar="PACKAGE", help="model package (.zip)")
+    inspect.add_argument(
+        "package", metavar="PACKAGE", help="model package (.zip, or its unzipped folder)"
+    )
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 
