@@ -31,7 +31,7 @@ segmenter = getattr(snakemake.input, "segmenter", None)
 if segmenter:
     net = segment.load_affinity_net(segmenter)
     calibration = json.loads(open(snakemake.input.calibration).read())
-    segmenting = {k: calibration[k] for k in ("threshold", "tile", "overlap")}
+    segmenting = {k: calibration[k] for k in ("threshold", "tile", "overlap", "in_plane")}
     log.info("segmenting with %s at threshold %g", segmenter, segmenting["threshold"])
 rows = []
 with contextlib.ExitStack() as stack:
@@ -57,7 +57,7 @@ with contextlib.ExitStack() as stack:
         reference, prediction = (io.to_float01(v[box]).swapaxes(0, axis) for v in (hr, sr))
         truth = segments = [None] * len(reference)
         if labels is not None:
-            truth = nearest(labels.read(a, b), hr.shape[1:])
+            truth = segment.as_instances(nearest(labels.read(a, b), hr.shape[1:]))[0]
             if segmenter:
                 segments = segment.segment_volume(net, prediction, **segmenting)
         for index, (ref, pred, lab, seg) in enumerate(

@@ -19,9 +19,10 @@ for hr_path, labels_spec in zip(inp.hr, p.labels, strict=True):
                 f"{truth.path}: {truth.shape[0]} sections, {hr.path} has {hr.shape[0]}"
             )
         images.append(io.to_float01(hr.read()))
-        labels.append(nearest(truth.read(), hr.shape[1:]))  # labels onto the HR grid
-options = p.segmentation
-settings = segment.Settings.from_dict(options["settings"])
+        instances, linked = segment.as_instances(nearest(truth.read(), hr.shape[1:]))
+        labels.append(instances)  # on the HR grid; binary labels: components per section
+options, in_plane = p.segmentation, not linked
+settings = segment.Settings.from_dict({**options["settings"], "z_affinity": linked})
 net = segment.AffinityUNet(**options["net"])
 log.info("training on %d labelled volumes, %d steps", len(images), settings.steps)
 net, _ = segment.train_affinity_net(
@@ -29,7 +30,7 @@ net, _ = segment.train_affinity_net(
 )
 tiling = {"tile": options["tile"], "overlap": options["overlap"]}
 calibration = segment.calibrate_threshold(
-    net, images, labels, thresholds=options["thresholds"], **tiling
+    net, images, labels, thresholds=options["thresholds"], in_plane=in_plane, **tiling
 )
 log.info(
     "threshold %.2f (VOI %s over %s)",

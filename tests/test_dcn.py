@@ -95,3 +95,35 @@ def test_shape_errors():
         layer(x, torch.zeros(1, 36, 5, 5), torch.zeros(1, 9, 5, 5))
     with pytest.raises(ValueError, match="not divisible"):
         ModulatedDeformConv2d(6, 4, 3, deform_groups=4)
+
+
+def _random_case(seed=0):
+    """Input, offsets, masks, weight and bias of a 3×3 DCN with 2 deformable groups."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 9, 11, generator=g)
+    offset = 2 * torch.randn(2, 2 * 2 * 9, 9, 11, generator=g)
+    mask = torch.rand(2, 2 * 9, 9, 11, generator=g)
+    weight, bias = torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g)
+    return x, offset, mask, weight, bias
+
+
+def test_the_compiled_kernel_agrees_with_plain_pytorch():
+    from emsrflow.archs import dcn
+
+    args = _random_case()
+    if dcn.compiled_kernel() is None:
+        with pytest.raises(ValueError, match="torchvision does not import"):
+            dcn.modulated_deform_conv2d(
+                *args, padding=1, deform_groups=2, implementation="torchvision"
+            )
+        pytest.skip("torchvision does not import beside this torch (no compiled kernel)")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        case = [a.to(device) if a is not None else None for a in args]
+        plain = dcn.modulated_deform_conv2d(
+            *case, padding=1, deform_groups=2, implementation="torch"
+        )
+        compiled = dcn.modulated_deform_conv2d(
+            *case, padding=1, deform_groups=2, implementation="torchvision"
+        )
+        torch.testing.assert_close(compiled, plain, atol=1e-4, rtol=1e-4)

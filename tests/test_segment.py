@@ -286,3 +286,15 @@ def test_isbi_instances_from_membrane_labels():
     affinities, mask = seg.affinities_from_labels(instances)
     assert affinities[0].max() == 0  # sections are not linked
     assert 0.5 < affinities[1:].mean() < 1 and mask[1:, :, 1:, 1:].min() == 1
+
+
+def test_binary_membrane_labels_become_per_section_instances():
+    membrane = np.full((2, 8, 8), 255, np.uint8)
+    membrane[:, :, 4] = 0  # one membrane line: two cells per section
+    assert seg.is_membrane_labels(membrane)
+    instances, linked = seg.as_instances(membrane)
+    assert not linked and len(np.unique(instances[instances > 0])) == 4
+    ids = np.arange(128, dtype=np.uint32).reshape(2, 8, 8)
+    assert not seg.is_membrane_labels(ids)
+    assert seg.as_instances(ids)[1] and seg.as_instances(ids)[0] is not None
+    assert not seg.is_membrane_labels(np.zeros((2, 4, 4), np.float32))

@@ -64,9 +64,11 @@ __all__ = [
     "affinities_from_labels",
     "affinity_loss",
     "agglomerate",
+    "as_instances",
     "calibrate_threshold",
     "fragments",
     "instances_from_membrane_labels",
+    "is_membrane_labels",
     "load_affinity_net",
     "predict_affinities",
     "segment",
@@ -198,6 +200,37 @@ def instances_from_membrane_labels(labels: Any, *, connectivity: int = 1) -> np.
 
 
 _NORMS = ("group", "batch", "none")
+
+
+def is_membrane_labels(labels: Any) -> bool:
+    """Whether labels are binary interior/membrane labels rather than instance ids.
+
+    True for two values, 0 and the type's largest (255 in ISBI 2012's uint8 labels, or
+    True for bool): such labels mark cell interiors, not which cell a voxel belongs to.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "bu":
+        return False
+    top = True if labels.dtype == bool else np.iinfo(labels.dtype).max
+    values = np.unique(labels)
+    return values.size == 2 and values[0] == 0 and values[1] == top
+
+
+def as_instances(labels: Any) -> tuple[np.ndarray, bool]:
+    """Instance labels of a label volume, and whether they link sections.
+
+    Binary interior/membrane labels (:func:`is_membrane_labels`) become the connected
+    components of each section (:func:`instances_from_membrane_labels`), whose ids do not
+    link sections; any other labels are instance ids already, linked in 3D.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+    linked_in_z : bool
+    """
+    if is_membrane_labels(labels):
+        return instances_from_membrane_labels(labels), False
+    return np.asarray(labels), True
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -1189,6 +1222,7 @@ def calibrate_threshold(
     tile: int | Sequence[int] = (16, 256, 256),
     overlap: int | Sequence[int] = (4, 32, 32),
     device: str | torch.device | None = None,
+    in_plane: bool = False,
 ) -> dict[str, Any]:
     """Choose the agglomeration threshold of :func:`segment` on labelled reference data.
 
@@ -1207,12 +1241,14 @@ def calibrate_threshold(
         Candidates.
     tile, overlap, device
         As for :func:`predict_affinities`.
+    in_plane : bool
+        Segment each section on its own (labels that do not link sections).
 
     Returns
     -------
     dict
-        ``threshold`` (the best), ``voi`` (the mean VOI of every candidate, in order)
-        and ``thresholds``.
+        ``threshold`` (the best), ``voi`` (the mean VOI of every candidate, in order),
+        ``thresholds`` and ``in_plane``.
     """
     from .metrics import voi
 
@@ -1227,7 +1263,7 @@ def calibrate_threshold(
         affinities = predict_affinities(net, image, tile=tile, overlap=overlap, device=device)
         truth = np.asarray(truth)
         for index, threshold in enumerate(thresholds):
-            segments = segment(affinities, threshold=float(threshold))
+            segments = segment(affinities, threshold=float(threshold), in_plane=in_plane)
             scores[index] += sum(sum(voi(t, s)) for t, s in zip(truth, segments, strict=True))
         sections += len(truth)
     means = scores / sections
@@ -1235,4 +1271,5 @@ def calibrate_threshold(
         "threshold": float(thresholds[int(np.argmin(means))]),
         "thresholds": [float(t) for t in thresholds],
         "voi": [round(float(v), 4) for v in means],
+        "in_plane": bool(in_plane),
     }

@@ -24,6 +24,7 @@ offset such as an optical flow (flow-guided deformable alignment, as in BasicVSR
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -31,7 +32,33 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-__all__ = ["DCNPack", "ModulatedDeformConv2d", "flow_to_offset", "modulated_deform_conv2d"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "DCNPack",
+    "ModulatedDeformConv2d",
+    "compiled_kernel",
+    "flow_to_offset",
+    "modulated_deform_conv2d",
+]
+
+
+#: Implementations of :func:`modulated_deform_conv2d`.
+IMPLEMENTATIONS = ("auto", "torch", "torchvision")
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_kernel():
+    """Return ``torchvision.ops.deform_conv2d`` where torchvision imports, else None.
+
+    torchvision cannot be installed beside the CPU torch wheel this project pins, so
+    this is None on such machines; GPU images that have a matching torchvision get its
+    compiled kernel for CUDA inputs.
+    """
+    try:
+        from torchvision.ops import deform_conv2d
+    except Exception:  # absent, or built for another torch
+        return None
+    return deform_conv2d
 
 
 def modulated_deform_conv2d(
@@ -45,6 +72,7 @@ def modulated_deform_conv2d(
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     deform_groups: int = 1,
+    implementation: str = "auto",
 ) -> torch.Tensor:
     """Modulated deformable 2D convolution.
 
@@ -67,6 +95,10 @@ def modulated_deform_conv2d(
         Convolution groups.
     deform_groups : int
         Deformable groups: consecutive input-channel blocks sharing offsets and masks.
+    implementation : {'auto', 'torch', 'torchvision'}
+        ``torch``: the plain-PyTorch sampling below; ``torchvision``: the compiled
+        ``torchvision.ops.deform_conv2d`` (:func:`compiled_kernel`; same layouts);
+        ``auto``: torchvision's for CUDA inputs where it imports, else plain PyTorch.
 
     Returns
     -------
@@ -97,6 +129,24 @@ def modulated_deform_conv2d(
         raise ValueError(
             f"mask must have shape {(n, deform_groups * taps, h_out, w_out)}, "
             f"got {tuple(mask.shape)}"
+        )
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    kernel = compiled_kernel()
+    if implementation == "torchvision" and kernel is None:
+        raise ValueError("implementation 'torchvision' asked for, but torchvision does not import")
+    if implementation == "torchvision" or (
+        implementation == "auto" and x.is_cuda and kernel is not None
+    ):
+        return kernel(
+            x,
+            offset.to(x.dtype),
+            weight.to(x.dtype),
+            None if bias is None else bias.to(x.dtype),
+            stride=(sh, sw),
+            padding=(ph, pw),
+            dilation=(dh, dw),
+            mask=None if mask is None else mask.to(x.dtype),
         )
     dtype = torch.promote_types(x.dtype, offset.dtype)
     rows = torch.arange(h_out, device=x.device, dtype=dtype) * sh - ph
