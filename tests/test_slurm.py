@@ -9,6 +9,7 @@ equal those of a local run of the same targets, bit for bit.
 
 import collections
 import concurrent.futures
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -18,9 +19,11 @@ import pandas as pd
 import pytest
 import slurm_cluster
 import torch
+import yaml
+from package_helpers import LR_VOXEL, TINY_EMSRNET, make_data
 from test_workflow import ROOT, SNAKEMAKE, TINY_INFER, TINY_TRAIN, make_study, snakemake
 
-from emsrflow import io
+from emsrflow import archs, bioimage, io, process
 
 pytestmark = pytest.mark.workflow
 
@@ -198,3 +201,62 @@ def test_outputs_equal_a_local_run(slurm_run, local_run):
             pd.testing.assert_frame_equal(curve, expected)
         else:
             assert path.read_bytes() == other.read_bytes(), name
+
+
+def test_processing_runs_each_slab_as_a_slurm_job(slurm, tmp_path):
+    """config/process.yaml through SLURM: one job per slab, the output equal to one job."""
+    paths, _, _ = make_data(tmp_path / "data")
+    torch.manual_seed(0)
+    net = archs.build_network(TINY_EMSRNET)
+    data = bioimage.sr_test_data(paths["lr_tif"], scale=3, size=32)
+    package = tmp_path / "model.zip"
+    bioimage.export_package(net, package, **data, test=False)
+    workdir = tmp_path / "process"
+    config = study_config(workdir, slurm.gpus)
+    pd.DataFrame({"acquisition": ["acq1"], "volume": [paths["lr_tif"]]}).to_csv(
+        workdir / "acquisitions.tsv", sep="\t", index=False
+    )
+    settings = yaml.safe_load((ROOT / "config" / "process.yaml").read_text())["process"]
+    settings.update(
+        sheet="acquisitions.tsv", package=str(package), slab=1, tile=24, overlap=8, gpus=slurm.gpus
+    )
+    (workdir / "process.yaml").write_text(yaml.safe_dump({"process": settings}))
+    command = [
+        SNAKEMAKE,
+        "--snakefile",
+        str(ROOT / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        str(workdir / "process.yaml"),
+        "--profile",
+        str(ROOT / "workflow" / "profiles" / "slurm"),
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+    ]
+    result = subprocess.run(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-5000:]
+    slabs = [
+        job
+        for job in slurm.jobs()
+        if Path(job["WorkDir"]).resolve() == workdir.resolve()
+        and job["Comment"].startswith("rule_process_slab_wildcards_")
+    ]
+    assert len(slabs) == 3 and all(job["JobState"] == "COMPLETED" for job in slabs)
+    assert len({job["JobId"] for job in slabs}) == 3
+    single = str(tmp_path / "single.ome.zarr")
+    plan = json.loads((workdir / "results/process/acq1/sr.plan.json").read_text())
+    plan = process.Plan.from_dict(plan["plan"])
+    process.apply_package(
+        package, paths["lr_tif"], single, slab=1, progress=False, device="auto",
+        **{k: plan.options[k] for k in ("tile", "overlap", "batch", "tta", "precision")},
+    )  # fmt: skip
+    sr, voxel = io.read_volume(str(workdir / "results/process/acq1/sr.ome.zarr"))
+    np.testing.assert_array_equal(sr, io.read_volume(single)[0])
+    assert voxel == pytest.approx((LR_VOXEL[0], LR_VOXEL[1] / 3, LR_VOXEL[2] / 3))
+    assert (workdir / "results/process/qc.html").is_file()

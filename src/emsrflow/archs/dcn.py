@@ -25,6 +25,7 @@ offset such as an optical flow (flow-guided deformable alignment, as in BasicVSR
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
 import torch
@@ -54,11 +55,10 @@ def compiled_kernel():
     this is None on such machines; GPU images that have a matching torchvision get its
     compiled kernel for CUDA inputs.
     """
-    try:
-        from torchvision.ops import deform_conv2d
+    try:  # optional: imported by name so that a bundled copy of this file needs only torch
+        return importlib.import_module("torchvision.ops").deform_conv2d
     except Exception:  # absent, or built for another torch
         return None
-    return deform_conv2d
 
 
 def modulated_deform_conv2d(
