@@ -1,0 +1,412 @@
+"""Large-factor (8×, 16×) GPEMSR quality on real EM (ISBI 2012), GPEMSR paper Table 1 style.
+
+HR: the 30 real slices of ../shared/data/isbi2012/train-volume.tif (512², 4 × 4 × 50 nm),
+cropped to 512² (a multiple of the codebook's compression, 16). LR:
+:func:`emsrflow.largefactor.downsample_bicubic` (anti-aliased, area-aligned PyTorch
+bicubic) by the factor f ∈ {8, 16}: 64² at 8×, 32² at 16×.
+
+Folds: the 30 slices as 3 folds of 10 consecutive slices (0–9, 10–19, 20–29); the
+networks train on the other 20 slices and are tested on the held-out 10 (the training
+part is one volume of 20 sections: the section before and after the gap become
+neighbours, as in a volume with a missing stretch). Methods:
+
+bicubic
+    :func:`emsrflow.resize.bicubic` upsampling of the LR slice (no parameters).
+GPEMSR (single-section)
+    Stage III with ``single_section=True``: the centre LR section only, with the prior
+    (MPF), no alignment or 3D fusion.
+GPEMSR (full)
+    Stage III on the five sections z − 2 … z + 2 (POD alignment, 3DA fusion, MPF).
+
+Both GPEMSR rows share the fold's Stage I codebook (:func:`train_codebook`, HR patches
+only, independent of the factor) and the factor's Stage II indexer
+(:func:`train_indexer`); Stage III (:func:`train_reconstruction`) is trained for each.
+Networks are SMALL (see ``STAGE1``, ``INDEXER``, ``STAGE3``) and the budget tiny, so that
+``--folds 0 --factors 8`` finishes in about 15 min on one CPU thread; the paper trains
+networks some 20× larger for hundreds of thousands of steps on GPUs. Inference:
+:func:`emsrflow.largefactor.predict_volume` on the 10 test slices (one tile per slice);
+metrics: :func:`emsrflow.metrics.slice_metrics` (PSNR, SSIM, mean FRC; data range 1,
+4 nm pixels) per test slice, mean ± std over the test slices of the folds run.
+
+    python benchmarks/largefactor_isbi.py --quick                        # smoke (< 1 min)
+    python benchmarks/largefactor_isbi.py --folds 0 --factors 8 --threads 1
+    python benchmarks/largefactor_isbi.py --folds 0 --factors 16 \\
+        --out benchmarks/results/largefactor_isbi-x16.json
+
+Writes benchmarks/results/largefactor_isbi.json (quick: largefactor_isbi-quick.json),
+rewritten after every (fold, factor) so that a cut-off run keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import describe, machine, table, write_record
+
+from emsrflow import largefactor as L
+from emsrflow.io import open_volume, to_float01
+from emsrflow.metrics import finite_mean_std, slice_metrics
+from emsrflow.resize import bicubic
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = ROOT.parent / "shared" / "data" / "isbi2012" / "train-volume.tif"
+CROP = 512
+PIXEL_NM = 4.0
+FACTORS = (8, 16)
+METRICS = ("psnr", "ssim", "frc")
+METHODS = ("bicubic", "gpemsr_single", "gpemsr")
+LABELS = {
+    "bicubic": "Bicubic",
+    "gpemsr_single": "GPEMSR (single-section)",
+    "gpemsr": "GPEMSR (full, 5 sections)",
+}
+
+#: Small networks (the paper's: channels 64…512, 1024 codes of 512, Stage III 64 wide).
+STAGE1 = {
+    "channels": [16, 16, 32, 32, 32],
+    "latent_dim": 32,
+    "codes": 64,
+    "bottleneck_blocks": 1,
+    "norm_groups": 8,
+}
+INDEXER = {"indexer_blocks": 1}
+STAGE3 = {"channels": 16, "deform_groups": 2, "front_blocks": 1, "back_blocks": 2}
+CRITIC = {"critic_channels": 16, "critic_layers": 2, "critic_padding": 1}
+
+
+def score(hr: np.ndarray, sr: np.ndarray) -> list[dict]:
+    rows = []
+    for reference, prediction in zip(hr, sr, strict=True):
+        m = slice_metrics(reference, prediction, data_range=1.0, pixel_nm=PIXEL_NM)
+        rows.append({k: m[k] for k in (*METRICS, "frc_resolution_nm", "status")})
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for metric in (*METRICS, "frc_resolution_nm"):
+        mean, std, n = finite_mean_std([r[metric] for r in rows])
+        out[metric] = {"mean": mean, "std": std, "n": n}
+    return out
+
+
+def trainable(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def _cell(summary: dict | None, metric: str) -> str:
+    if summary is None:
+        return "-"
+    digits = 2 if metric == "psnr" else 3
+    s = summary[metric]
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def report(record: dict) -> str:
+    factors = [f for f in record["factors"] if str(f) in record["summary"]]
+    lines = [
+        f"GPEMSR large-factor SR on ISBI 2012 ({CROP}² HR, {PIXEL_NM:g} nm; LR by anti-aliased "
+        f"bicubic): mean ± std over the test slices of folds {record.get('folds_done')}",
+    ]
+    header = (
+        ["method"]
+        + [f"×{f} {m.upper()}" for f in factors for m in METRICS]
+        + ["params (Stage III)"]
+        + [f"×{f} s/slice" for f in factors]
+    )
+    rows = []
+    for method in METHODS:
+        row = [LABELS[method]]
+        for f in factors:
+            s = record["summary"][str(f)].get(method)
+            row.extend(_cell(s, m) for m in METRICS)
+        params = sorted({record["params"][str(f)].get(method, 0) for f in factors})
+        row.append(" / ".join(f"{p:,}" for p in params))
+        for f in factors:
+            t = record["seconds_per_slice"][str(f)].get(method)
+            row.append("-" if t is None else f"{t:.3f}")
+        rows.append(row)
+    lines.append(table(rows, header))
+    lines.append("")
+    gain_rows = []
+    for method in METHODS[1:]:
+        row = [LABELS[method]]
+        for f in factors:
+            summary = record["summary"][str(f)]
+            for m in METRICS:
+                if method not in summary:
+                    row.append("-")
+                    continue
+                diff = summary[method][m]["mean"] - summary["bicubic"][m]["mean"]
+                row.append(f"{diff:+.2f} dB" if m == "psnr" else f"{diff:+.3f}")
+        gain_rows.append(row)
+    lines.append("Gain over bicubic (same test slices):")
+    lines.append(
+        table(gain_rows, ["method"] + [f"×{f} {m.upper()}" for f in factors for m in METRICS])
+    )
+    lines.append("")
+    losses = []
+    for f in factors:
+        summary = record["summary"][str(f)]
+        for method in METHODS[1:]:
+            if method not in summary:
+                continue
+            lost = [
+                f"{m.upper()} {summary[method][m]['mean']:.3f} vs "
+                f"{summary['bicubic'][m]['mean']:.3f}"
+                for m in METRICS
+                if not summary[method][m]["mean"] > summary["bicubic"][m]["mean"]
+            ]
+            if lost:
+                losses.append(f"  ×{f} {LABELS[method]}: {'; '.join(lost)}")
+    if losses:
+        lines.append("Where GPEMSR does NOT beat bicubic:")
+        lines.extend(losses)
+    else:
+        lines.append("GPEMSR (both rows) beats bicubic on every metric and factor run.")
+    for f in factors:  # what the four neighbouring sections add (POD + 3DA)
+        summary = record["summary"][str(f)]
+        if "gpemsr" in summary and "gpemsr_single" in summary:
+            diffs = [
+                summary["gpemsr"][m]["mean"] - summary["gpemsr_single"][m]["mean"] for m in METRICS
+            ]
+            lines.append(
+                f"×{f} full minus single-section: PSNR {diffs[0]:+.2f} dB, SSIM "
+                f"{diffs[1]:+.3f}, FRC {diffs[2]:+.3f}"
+            )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budget, < 1 min")
+    parser.add_argument("--folds", type=int, nargs="+", default=None, help="of 0 1 2 (default all)")
+    parser.add_argument("--factors", type=int, nargs="+", default=list(FACTORS), choices=FACTORS)
+    parser.add_argument("--steps1", type=int, default=None, help="Stage I steps (default 2000)")
+    parser.add_argument("--steps2", type=int, default=None, help="Stage II steps (default 1500)")
+    parser.add_argument("--steps3", type=int, default=None, help="Stage III steps (default 1000)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--patch", type=int, default=64, help="HR patch side (all stages)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all stages)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--report", type=Path, default=None, help="print the tables of a (partial) record, no run"
+    )
+    args = parser.parse_args()
+    if args.report is not None:
+        print(report(json.loads(args.report.read_text())))
+        return 0
+    if not args.data.exists():
+        print(f"{args.data}: not found (ISBI 2012 volume, see ../shared/data/README.md)")
+        return 1
+    torch.set_num_threads(args.threads)
+    folds = args.folds if args.folds is not None else ([0] if args.quick else [0, 1, 2])
+    factors = args.factors if not args.quick or args.factors != list(FACTORS) else [8]
+    steps1 = args.steps1 if args.steps1 is not None else (4 if args.quick else 2000)
+    steps2 = args.steps2 if args.steps2 is not None else (4 if args.quick else 1500)
+    steps3 = args.steps3 if args.steps3 is not None else (3 if args.quick else 1000)
+    batch, patch = (2 if args.quick else args.batch), args.patch
+    out = args.out or HERE / "results" / (
+        "largefactor_isbi-quick.json" if args.quick else "largefactor_isbi.json"
+    )
+
+    with open_volume(str(args.data)) as reader:
+        volume = reader.read()
+        voxel = reader.voxel_size
+    z, h, w = volume.shape
+    y0, x0 = (h - CROP) // 2, (w - CROP) // 2
+    hr = np.ascontiguousarray(to_float01(volume[:, y0 : y0 + CROP, x0 : x0 + CROP]), np.float32)
+    fold_size = z // 3
+    info = machine(args.device)
+    print(describe(info))
+    print(
+        f"ISBI 2012: {z} slices {h}×{w} (voxel {voxel} nm), HR crop {CROP}²; 3 folds of "
+        f"{fold_size} consecutive slices, train on the other {z - fold_size}; folds {folds}, "
+        f"factors {factors}"
+    )
+    loop = {"batch": batch, "patch": patch, "lr": args.lr, "device": args.device}
+
+    def optim(steps: int) -> dict:
+        return {
+            "steps": steps,
+            "lr_halve_every": max(1, steps // 2),
+            "checkpoint_every": steps,
+            "log_every": max(1, steps // 10),
+        }
+
+    adversarial_start = (3 * steps1) // 4
+    budget = (
+        f"Stage I {steps1} steps (critic from step {adversarial_start}), Stage II {steps2} "
+        f"steps, Stage III {steps3} steps (each GPEMSR row); batch {batch}, HR patch "
+        f"{patch}² (LR {patch}/f), Adam lr {args.lr:g} halved at half-way; one CPU thread"
+        if args.threads == 1 and args.device == "cpu"
+        else f"Stage I {steps1}, II {steps2}, III {steps3} steps; batch {batch}, HR patch "
+        f"{patch}², lr {args.lr:g}, {args.threads} threads on {args.device}"
+    )
+    print(f"budget: {budget}")
+    print(f"networks: Stage I {STAGE1}, indexer {INDEXER}, Stage III {STAGE3}")
+    record = {
+        "benchmark": "largefactor_isbi",
+        "data": args.data.name,
+        "voxel_nm": list(voxel) if voxel else None,
+        "crop": CROP,
+        "folds": folds,
+        "fold_slices": {f: [f * fold_size, (f + 1) * fold_size] for f in folds},
+        "factors": factors,
+        "networks": {"stage1": STAGE1, "indexer": INDEXER, "stage3": STAGE3, "critic": CRITIC},
+        "budget": budget,
+        "steps": {"stage1": steps1, "stage2": steps2, "stage3": steps3},
+        "batch": batch,
+        "patch": patch,
+        "lr": args.lr,
+        "params": {},
+        "frozen_prior_params": {},
+        "seconds_per_slice": {},
+        "per_slice": {},
+        "runs": [],
+        "summary": {},
+        "complete": False,
+        "machine": info,
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for fold in folds:
+            test = np.arange(fold * fold_size, (fold + 1) * fold_size)
+            trainset = np.setdiff1d(np.arange(z), test)
+            hr_train, hr_test = np.ascontiguousarray(hr[trainset]), hr[test]
+            work = Path(tmp) / f"fold{fold}"
+            work.mkdir()
+            tic = time.perf_counter()
+            L.train_codebook(
+                [hr_train],
+                L.CodebookSettings(
+                    **loop,
+                    **optim(steps1),
+                    **CRITIC,
+                    adversarial_start=adversarial_start,
+                    r1_every=4,
+                    critic_lr=args.lr / 2,
+                ),
+                checkpoint=work / "stage1.pt",
+                curve=work / "stage1.csv",
+                network=STAGE1,
+                progress=False,
+            )
+            seconds1 = time.perf_counter() - tic
+            last1 = (work / "stage1.csv").read_text().strip().splitlines()[-1].split(",")
+            print(f"fold {fold}: Stage I {seconds1:.0f} s (L1 {float(last1[2]):.4f})", flush=True)
+            for f in factors:
+                key = str(f)
+                lr_all = L.downsample_bicubic(hr, f)
+                lr_train, lr_test = np.ascontiguousarray(lr_all[trainset]), lr_all[test]
+                pairs = [(lr_train, hr_train)]
+                tic = time.perf_counter()
+                prior = L.train_indexer(
+                    pairs,
+                    L.IndexerSettings(**loop, **optim(steps2), scale=f),
+                    codebook=work / "stage1.pt",
+                    checkpoint=work / f"stage2-x{f}.pt",
+                    curve=work / f"stage2-x{f}.csv",
+                    network=INDEXER,
+                    progress=False,
+                )
+                seconds2 = time.perf_counter() - tic
+                last2 = (work / f"stage2-x{f}.csv").read_text().strip().splitlines()[-1]
+                accuracy = float(last2.split(",")[3])
+                print(
+                    f"  ×{f}: Stage II {seconds2:.0f} s (code accuracy {accuracy:.3f})",
+                    flush=True,
+                )
+                record["frozen_prior_params"][key] = sum(p.numel() for p in prior.parameters())
+                params = record["params"].setdefault(key, {"bicubic": 0})
+                timing = record["seconds_per_slice"].setdefault(key, {})
+                tic = time.perf_counter()
+                outputs = {"bicubic": bicubic(lr_test, (CROP, CROP))}
+                timing["bicubic"] = (time.perf_counter() - tic) / len(test)
+                for method in METHODS[1:]:
+                    network = {**STAGE3, "single_section": method == "gpemsr_single"}
+                    tic = time.perf_counter()
+                    net = L.train_reconstruction(
+                        pairs,
+                        L.ReconstructionSettings(**loop, **optim(steps3), scale=f),
+                        prior=work / f"stage2-x{f}.pt",
+                        checkpoint=work / f"{method}-x{f}.pt",
+                        curve=work / f"{method}-x{f}.csv",
+                        network=network,
+                        progress=False,
+                    )
+                    seconds3 = time.perf_counter() - tic
+                    last3 = (work / f"{method}-x{f}.csv").read_text().strip().splitlines()[-1]
+                    tic = time.perf_counter()
+                    outputs[method] = L.predict_volume(
+                        net, lr_test, tile=CROP // f, overlap=0, device=args.device
+                    )
+                    timing[method] = (time.perf_counter() - tic) / len(test)
+                    params[method] = trainable(net)
+                    record["runs"].append(
+                        {
+                            "fold": fold,
+                            "factor": f,
+                            "method": method,
+                            "stage1_seconds": seconds1,
+                            "stage2_seconds": seconds2,
+                            "stage2_accuracy": accuracy,
+                            "stage3_seconds": seconds3,
+                            "stage3_final_loss": float(last3.split(",")[1]),
+                            "infer_seconds_per_slice": timing[method],
+                        }
+                    )
+                    print(
+                        f"  ×{f} {method}: {params[method]:,} trainable parameters, Stage III "
+                        f"{seconds3:.0f} s (final loss {float(last3.split(',')[1]):.4f}), "
+                        f"inference {timing[method]:.2f} s/slice",
+                        flush=True,
+                    )
+                per_slice = record["per_slice"].setdefault(key, {})
+                for name, sr in outputs.items():
+                    for index, row in zip(test.tolist(), score(hr_test, sr), strict=True):
+                        per_slice.setdefault(name, []).append({"slice": index, **row})
+                line = ", ".join(
+                    f"{n} {np.mean([r['psnr'] for r in per_slice[n][-len(test) :]]):.2f}"
+                    for n in outputs
+                )
+                print(f"  ×{f} fold {fold} (test slices {test[0]}–{test[-1]}) PSNR: {line}")
+                record["summary"][key] = {n: summarise(rows) for n, rows in per_slice.items()}
+                record["folds_done"] = sorted({r["fold"] for r in record["runs"]})
+                record["wall_seconds"] = time.perf_counter() - started
+                record["report"] = report(record)
+                write_record(out, record)
+    record["complete"] = True
+    record["wall_seconds"] = time.perf_counter() - started
+    record["machine"]["load_average_end"] = machine(args.device)["load_average"]
+    print()
+    print(f"budget: {budget}")
+    for key, n in record["frozen_prior_params"].items():
+        print(f"  ×{key}: frozen prior (Stage I + indexer) {n:,} parameters")
+    text = report(record)
+    print(text)
+    record["report"] = text
+    print(f"wall time {record['wall_seconds']:.0f} s")
+    write_record(out, record)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
