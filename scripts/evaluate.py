@@ -17,6 +17,7 @@ import contextlib
 import json
 
 import pandas as pd
+import torch
 
 from emsrflow import io, segment
 from emsrflow.metrics import slice_metrics
@@ -29,6 +30,7 @@ planes = getattr(p, "planes", "xy")
 labels_spec = getattr(p, "labels", "")
 segmenter = getattr(snakemake.input, "segmenter", None)
 if segmenter:
+    torch.set_num_threads(snakemake.threads)  # the same sums wherever the job runs
     net = segment.load_affinity_net(segmenter)
     calibration = json.loads(open(snakemake.input.calibration).read())
     segmenting = {k: calibration[k] for k in ("threshold", "tile", "overlap", "in_plane")}

@@ -23,6 +23,7 @@ for hr_path, labels_spec in zip(inp.hr, p.labels, strict=True):
         labels.append(instances)  # on the HR grid; binary labels: components per section
 options, in_plane = p.segmentation, not linked
 settings = segment.Settings.from_dict({**options["settings"], "z_affinity": linked})
+torch.manual_seed(settings.seed)  # the initial weights, as the rest of training, are seeded
 net = segment.AffinityUNet(**options["net"])
 log.info("training on %d labelled volumes, %d steps", len(images), settings.steps)
 net, _ = segment.train_affinity_net(

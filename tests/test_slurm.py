@@ -27,11 +27,20 @@ from emsrflow import archs, bioimage, io, process
 
 pytestmark = pytest.mark.workflow
 
-# Two animals, so that fold brain1 trains on brain2_ipsi and is applied to brain1_ipsi.
+# Two animals, so that fold brain1 trains on brain2_ipsi (its network, and its segmentation
+# network for VOI) and is applied to brain1_ipsi.
 DATASETS = ["brain1_ipsi", "brain2_ipsi"]
 TARGETS = ["results/brain1_ipsi/evaluate/emsrnet_real_l1.tsv"]
-JOBS = {"phantom": 2, "register": 2, "resize": 2, "train": 1, "infer": 1, "evaluate": 1}
-GPU_RULES = {"train", "infer"}
+JOBS = {
+    "phantom": 2,
+    "register": 2,
+    "resize": 2,
+    "train": 1,
+    "infer": 1,
+    "segmenter": 1,
+    "evaluate": 1,
+}
+GPU_RULES = {"train", "infer", "segmenter"}
 # What workflow/rules/train.smk asks for a training job.
 TRAIN_MEM_MB, TRAIN_TIME_LIMIT = 8000, "1-00:00:00"
 # The profile's runtime default (minutes) for rules that declare none, as SLURM shows it.

@@ -69,7 +69,14 @@ TINY_ISO = {
 # The fixed segmentation pipeline of VOI/ARAND, as small as can be.
 TINY_SEGMENTATION = {
     "net": {"channels": 4, "levels": 1},
-    "settings": {"steps": 20, "batch": 1, "patch": [2, 32, 32], "log_every": 5},
+    "settings": {
+        "steps": 20,
+        "batch": 1,
+        "patch": [2, 32, 32],
+        "log_every": 5,
+        "seed": 0,
+        "deterministic": True,
+    },
     "thresholds": [0.3, 0.5],
     "tile": [16, 128, 128],
     "overlap": [2, 16, 16],
