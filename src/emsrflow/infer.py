@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "PRECISIONS",
     "Span",
     "Tile",
+    "blend_tiles",
     "enhance_section",
     "enhance_stack",
     "plan_tiles",
@@ -298,6 +300,59 @@ def predict_section(
     )[0]
 
 
+def blend_tiles(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    crop: Callable[[Tile], torch.Tensor],
+    tiles: list[Tile],
+    groups: list[list[int]],
+    weights: list[torch.Tensor],
+    total: torch.Tensor,
+    *,
+    scale: int,
+    name: str,
+) -> np.ndarray:
+    """Run a network on batches of tiles and blend its outputs into one section.
+
+    Parameters
+    ----------
+    forward : callable
+        Network pass: (n, c, h, w) input tiles to (n, 1, scale·h, scale·w) outputs.
+    crop : callable
+        The (c, h, w) input of a tile.
+    tiles, groups : list
+        The tiles, and batches of their indices (tiles of one shape per batch).
+    weights, total : torch.Tensor
+        Each tile's blending weights on the output grid, and their sum.
+    scale : int
+        Output pixels per input pixel.
+    name : str
+        The network's name, for the error message.
+
+    Returns
+    -------
+    numpy.ndarray
+        The blended section, clipped to [0, 1].
+
+    Raises
+    ------
+    RuntimeError
+        If the network returns another shape than ``scale`` times its input.
+    """
+    blend = torch.zeros_like(total)
+    for group in groups:
+        x = torch.stack([crop(tiles[i]) for i in group])
+        y = forward(x)
+        expected = (len(group), 1, scale * x.shape[-2], scale * x.shape[-1])
+        if tuple(y.shape) != expected:
+            raise RuntimeError(
+                f"{name} (scale {scale}) returned {tuple(y.shape)} for tiles "
+                f"{tuple(x.shape)}; expected {expected}"
+            )
+        for i, pred in zip(group, y[:, 0], strict=True):
+            blend[tiles[i].slices(scale)] += pred * weights[i]
+    return blend.div_(total).clamp_(0.0, 1.0).cpu().numpy()
+
+
 def predict_stack(
     model: nn.Module,
     stack: np.ndarray,
@@ -378,19 +433,16 @@ def predict_stack(
     ):
         for z, section in enumerate(array):
             plane = torch.from_numpy(section).to(device)
-            blend = torch.zeros_like(total)
-            for group in groups:
-                x = torch.stack([plane[tiles[i].slices()] for i in group])[:, None]
-                y = _forward(model, x, tta=tta)
-                expected = (len(group), 1, scale * x.shape[-2], scale * x.shape[-1])
-                if tuple(y.shape) != expected:
-                    raise RuntimeError(
-                        f"{type(model).__name__} (scale {scale}) returned {tuple(y.shape)} "
-                        f"for tiles {tuple(x.shape)}; expected {expected}"
-                    )
-                for i, pred in zip(group, y[:, 0], strict=True):
-                    blend[tiles[i].slices(scale)] += pred * weights[i]
-            out[z] = blend.div_(total).clamp_(0.0, 1.0).cpu().numpy()
+            out[z] = blend_tiles(
+                lambda x: _forward(model, x, tta=tta),
+                lambda tile, plane=plane: plane[tile.slices()][None],
+                tiles,
+                groups,
+                weights,
+                total,
+                scale=scale,
+                name=type(model).__name__,
+            )
     return out
 
 

@@ -85,7 +85,7 @@ from .archs.gpemsr import (
     r1_penalty,
 )
 from .device import resolve_device
-from .infer import _window, plan_tiles
+from .infer import _window, blend_tiles, plan_tiles
 from .io import VolumeWriter, from_float01, open_volume, to_float01
 from .resize import bicubic
 from .train import OptimSettings, _integer, _real, fit, load_model
@@ -1058,19 +1058,19 @@ def iter_predict_volume(
             for k in [k for k in cache if k not in ks]:
                 del cache[k]
             stack = torch.stack([section(k) for k in ks])  # (T, h, w)
-            blend = torch.zeros_like(total)
-            for group in groups:
-                x = torch.stack([stack[(slice(None), *tiles[i].slices())] for i in group])
-                y = model(x).float()
-                expected = (len(group), 1, scale * x.shape[-2], scale * x.shape[-1])
-                if tuple(y.shape) != expected:
-                    raise RuntimeError(
-                        f"{type(model).__name__} (scale {scale}) returned {tuple(y.shape)} "
-                        f"for tiles {tuple(x.shape)}; expected {expected}"
-                    )
-                for i, pred in zip(group, y[:, 0], strict=True):
-                    blend[tiles[i].slices(scale)] += pred * weights[i]
-            yield z, blend.div_(total).clamp_(0.0, 1.0).cpu().numpy()
+            yield (
+                z,
+                blend_tiles(
+                    lambda x: model(x).float(),
+                    lambda tile, stack=stack: stack[(slice(None), *tile.slices())],
+                    tiles,
+                    groups,
+                    weights,
+                    total,
+                    scale=scale,
+                    name=type(model).__name__,
+                ),
+            )
 
 
 def predict_volume(
