@@ -96,6 +96,19 @@ def test_sampler_pairs_are_patch_sized_and_seeded():
         IsoPairSampler([volume], RHO, IsoSettings(patch=80), np.random.default_rng(0))
 
 
+@pytest.mark.parametrize("axes", [(0,), (1,), (0, 1)])
+def test_sampler_degrades_along_the_configured_axes(axes):
+    volume = (smooth_image((4, 64, 64)) * 255).astype(np.uint8)
+    settings = IsoSettings(patch=40, noise=(0, 0), line_noise=(0, 0), axial_blur=(0, 0), axes=axes)
+    inputs, targets = IsoPairSampler([volume], RHO, settings, np.random.default_rng(2)).batch(12)
+    seen = set()
+    for x, y in zip(inputs[:, 0], targets[:, 0], strict=True):
+        along = [a for a in (0, 1) if np.allclose(axial_degrade(y, a, RHO)[0], x, atol=1e-5)]
+        assert len(along) == 1
+        seen.update(along)
+    assert seen == set(axes)
+
+
 def test_settings_validation():
     s = IsoSettings.from_dict({"noise": [1, 2], "alpha": 0.05})
     assert s.noise == (1.0, 2.0) and IsoSettings.from_dict(s.to_dict()) == s
@@ -105,6 +118,11 @@ def test_settings_validation():
         IsoSettings(alpha=-1)
     with pytest.raises(ValueError, match="unknown"):
         IsoSettings.from_dict({"rho": 3})
+    assert IsoSettings(axes=[1, 0, 0]).axes == (0, 1)
+    with pytest.raises(ValueError, match="axes"):
+        IsoSettings(axes=(2,))
+    with pytest.raises(ValueError, match="axes"):
+        IsoSettings(axes=())
 
 
 def test_projected_distribution_loss():

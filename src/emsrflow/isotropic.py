@@ -104,6 +104,11 @@ class IsoSettings(OptimSettings):
         Range of the Gaussian noise σ (0–255 scale) added to the thick slices.
     line_noise : tuple of float
         Range of σ (0–255 scale) of the random offset of each thick slice.
+    axes : tuple of int
+        In-plane axes a pair may be degraded along, drawn per sample: ``(0, 1)`` both
+        (the network finds the axial direction itself), ``(0,)`` the rows only, the
+        orientation of the xz and yz planes at inference (their rows are z). The tissue
+        turns by the random rotation either way.
     """
 
     lr: float = 1e-4
@@ -112,6 +117,7 @@ class IsoSettings(OptimSettings):
     axial_blur: tuple[float, float] = (0.0, 1.0)
     noise: tuple[float, float] = (0.0, 4.0)
     line_noise: tuple[float, float] = (0.0, 2.0)
+    axes: tuple[int, ...] = (0, 1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -121,6 +127,15 @@ class IsoSettings(OptimSettings):
         self._put("alpha", alpha)
         for name in ("axial_blur", "noise", "line_noise"):
             self._put(name, _range(name, getattr(self, name)))
+        try:
+            axes = tuple(sorted({int(a) for a in self.axes}))
+        except (TypeError, ValueError):
+            axes = ()
+        if not axes or not set(axes) <= {0, 1}:
+            raise ValueError(
+                f"isotropic training setting 'axes' must list 0 and/or 1, got {self.axes!r}"
+            )
+        self._put("axes", axes)
 
 
 def isotropic_depth(slices: int, rho: float) -> int:
@@ -275,7 +290,7 @@ class IsoPairSampler:
         z, i, j = (int(rng.integers(n)) for n in (depth, height - m + 1, width - m + 1))
         patch = np.rot90(to_float01(np.asarray(volume[z, i : i + m, j : j + m])), rng.integers(4))
         patch = patch[:, ::-1] if rng.integers(2) else patch
-        axis = int(rng.integers(2))
+        axis = s.axes[int(rng.integers(len(s.axes)))]
         degraded, target = axial_degrade(
             np.ascontiguousarray(patch),
             axis,
