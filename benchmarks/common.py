@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: machine description, timing, peak memory, JSON.
+"""Helpers shared by the benchmark scripts: machine description, timing, peak memory, JSON,
+SR quality scores and single-image network training.
 
 Import it from a script in this folder (``from common import machine``): the scripts put
 their own folder on ``sys.path`` when run as ``python benchmarks/<name>.py``.
@@ -230,3 +231,88 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Super-resolution quality (quality_lateral.py, largefactor_isbi.py)
+
+#: Full-reference metrics of the quality tables, in their column order.
+METRICS = ("psnr", "ssim", "frc")
+
+
+def score(hr: np.ndarray, sr: np.ndarray, *, pixel_nm: float) -> list[dict[str, Any]]:
+    """Per-slice PSNR, SSIM, mean FRC (and FRC resolution) of an SR stack against its HR.
+
+    :func:`emsrflow.metrics.slice_metrics` with intensities in [0, 1] (data range 1) and
+    HR pixels of ``pixel_nm``.
+    """
+    from emsrflow.metrics import slice_metrics
+
+    rows = []
+    for reference, prediction in zip(hr, sr, strict=True):
+        m = slice_metrics(reference, prediction, data_range=1.0, pixel_nm=pixel_nm)
+        rows.append({k: m[k] for k in (*METRICS, "frc_resolution_nm", "status")})
+    return rows
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean, std and count of the finite values of each metric over :func:`score` rows."""
+    from emsrflow.metrics import finite_mean_std
+
+    out = {}
+    for metric in (*METRICS, "frc_resolution_nm"):
+        mean, std, n = finite_mean_std([r[metric] for r in rows])
+        out[metric] = {"mean": mean, "std": std, "n": n}
+    return out
+
+
+def mean_std_cell(summary: dict[str, Any] | None, metric: str) -> str:
+    """``mean ± std`` of a :func:`summarise` metric (2 decimals for PSNR, else 3)."""
+    if summary is None:
+        return "-"
+    digits = 2 if metric == "psnr" else 3
+    s = summary[metric]
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def parameters(model: torch.nn.Module) -> int:
+    """Trainable parameters (those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train_single_image(
+    name: str,
+    spec: dict[str, Any],
+    scale: int,
+    lr_train: np.ndarray,
+    hr_train: np.ndarray,
+    settings: Any,
+    workdir: Path,
+) -> tuple[torch.nn.Module, int, float, float]:
+    """Train a registered single-image network on one (LR, HR) stack pair, as
+    scripts/train.py does (rules train and gp_train_baseline).
+
+    :func:`emsrflow.archs.build_network` of ``spec`` at ``scale`` (initial weights seeded
+    with ``settings.seed``), trained by :func:`emsrflow.train.train` with ``settings`` (a
+    :class:`emsrflow.train.TrainSettings`; checkpoint and loss curve in ``workdir``).
+    Returns the model, its trainable parameters, the training seconds and the final loss
+    of the curve.
+    """
+    from emsrflow.archs import build_network
+    from emsrflow.train import train
+
+    torch.manual_seed(settings.seed)  # the initial weights, as scripts/train.py
+    model = build_network({**spec, "scale": scale})
+    params = parameters(model)
+    started = time.perf_counter()
+    train(
+        model,
+        [(lr_train, hr_train)],
+        settings,
+        checkpoint=workdir / f"{name}.pt",
+        curve=workdir / f"{name}.csv",
+        progress=False,
+    )
+    seconds = time.perf_counter() - started
+    last = (workdir / f"{name}.csv").read_text().strip().splitlines()[-1].split(",")
+    return model, params, seconds, float(last[1])

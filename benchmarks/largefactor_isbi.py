@@ -12,6 +12,15 @@ neighbours, as in a volume with a missing stretch). Methods:
 
 bicubic
     :func:`emsrflow.resize.bicubic` upsampling of the LR slice (no parameters).
+EMSRNet, SwinIR
+    The single-image baselines of the workflow's rule ``gp_train_baseline``: registered
+    networks (:func:`emsrflow.archs.build_network`, small specs in ``BASELINES`` of about
+    the Stage III network's parameters) trained at the factor on the fold's real (LR, HR)
+    pairs by :func:`emsrflow.train.train` (as scripts/train.py: the EMSR objective, ℓ1,
+    the other ``largefactor: baselines: settings`` of config/config.yaml), every one on
+    the same budget (``--baseline-steps``; batch and HR patch as Stage III), then
+    :func:`emsrflow.infer.predict_stack` slice by slice with ``largefactor: infer``'s
+    tiles (fp32), as the rule ``gp_infer``.
 GPEMSR (single-section)
     Stage III with ``single_section=True``: the centre LR section only, with the prior
     (MPF), no alignment or 3D fusion.
@@ -23,12 +32,14 @@ only, independent of the factor) and the factor's Stage II indexer
 (:func:`train_indexer`); Stage III (:func:`train_reconstruction`) is trained for each.
 Networks are SMALL (see ``STAGE1``, ``INDEXER``, ``STAGE3``) and the budget tiny, so that
 ``--folds 0 --factors 8`` finishes in about 15 min on one CPU thread; the paper trains
-networks some 20× larger for hundreds of thousands of steps on GPUs. Inference:
+networks some 20× larger for hundreds of thousands of steps on GPUs. GPEMSR inference:
 :func:`emsrflow.largefactor.predict_volume` on the 10 test slices (one tile per slice);
 metrics: :func:`emsrflow.metrics.slice_metrics` (PSNR, SSIM, mean FRC; data range 1,
-4 nm pixels) per test slice, mean ± std over the test slices of the folds run.
+4 nm pixels) per test slice, mean ± std over the test slices of the folds run. Rows in
+the order of the paper's Table 1: bicubic, EMSRNet, SwinIR, GPEMSR single-section,
+GPEMSR full; parameters: the trained ones (GPEMSR: Stage III, the frozen prior apart).
 
-    python benchmarks/largefactor_isbi.py --quick                        # smoke (< 1 min)
+    python benchmarks/largefactor_isbi.py --quick                        # smoke (≈1 min)
     python benchmarks/largefactor_isbi.py --folds 0 --factors 8 --threads 1
     python benchmarks/largefactor_isbi.py --folds 0 --factors 16 \\
         --out benchmarks/results/largefactor_isbi-x16.json
@@ -47,23 +58,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import describe, machine, table, write_record
+import yaml
+from common import (
+    METRICS,
+    describe,
+    machine,
+    mean_std_cell,
+    parameters,
+    score,
+    summarise,
+    table,
+    train_single_image,
+    write_record,
+)
 
 from emsrflow import largefactor as L
+from emsrflow.infer import predict_stack
 from emsrflow.io import open_volume, to_float01
-from emsrflow.metrics import finite_mean_std, slice_metrics
 from emsrflow.resize import bicubic
+from emsrflow.train import TrainSettings
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = ROOT.parent / "shared" / "data" / "isbi2012" / "train-volume.tif"
+CONFIG = ROOT / "config" / "config.yaml"
 CROP = 512
 PIXEL_NM = 4.0
 FACTORS = (8, 16)
-METRICS = ("psnr", "ssim", "frc")
-METHODS = ("bicubic", "gpemsr_single", "gpemsr")
+#: Table 1's rows, in its order.
+METHODS = ("bicubic", "emsrnet", "swinir", "gpemsr_single", "gpemsr")
+GPEMSR = ("gpemsr_single", "gpemsr")
 LABELS = {
     "bicubic": "Bicubic",
+    "emsrnet": "EMSRNet",
+    "swinir": "SwinIR",
     "gpemsr_single": "GPEMSR (single-section)",
     "gpemsr": "GPEMSR (full, 5 sections)",
 }
@@ -79,68 +107,60 @@ STAGE1 = {
 INDEXER = {"indexer_blocks": 1}
 STAGE3 = {"channels": 16, "deform_groups": 2, "front_blocks": 1, "back_blocks": 2}
 CRITIC = {"critic_channels": 16, "critic_layers": 2, "critic_padding": 1}
-
-
-def score(hr: np.ndarray, sr: np.ndarray) -> list[dict]:
-    rows = []
-    for reference, prediction in zip(hr, sr, strict=True):
-        m = slice_metrics(reference, prediction, data_range=1.0, pixel_nm=PIXEL_NM)
-        rows.append({k: m[k] for k in (*METRICS, "frc_resolution_nm", "status")})
-    return rows
-
-
-def summarise(rows: list[dict]) -> dict:
-    out = {}
-    for metric in (*METRICS, "frc_resolution_nm"):
-        mean, std, n = finite_mean_std([r[metric] for r in rows])
-        out[metric] = {"mean": mean, "std": std, "n": n}
-    return out
-
-
-def trainable(net: torch.nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+#: Single-image baselines of about the Stage III network's trainable parameters (247,654
+#: full / 103,570 single-section at 8×): EMSRNet 236,180 at 8× (264,404 at 16×), SwinIR
+#: 237,033 (265,369); the window of 4 fits the LR patch of 4² at 16×. ``--spec
+#: NAME='{...}'`` overrides keys.
+BASELINES = {
+    "emsrnet": {"type": "emsrnet", "channels": 28, "blocks": 1, "res_blocks": 2, "heads": 4},
+    "swinir": {
+        "type": "swinir",
+        "embed_dim": 48,
+        "depths": [2, 2],
+        "heads": [4, 4],
+        "window": 4,
+        "upsample_channels": 28,
+    },
+}
 
 
 # ---------------------------------------------------------------------------------------
 # Report
 
 
-def _cell(summary: dict | None, metric: str) -> str:
-    if summary is None:
-        return "-"
-    digits = 2 if metric == "psnr" else 3
-    s = summary[metric]
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
 def report(record: dict) -> str:
     factors = [f for f in record["factors"] if str(f) in record["summary"]]
+    methods = [m for m in METHODS if any(m in record["summary"][str(f)] for f in factors)]
+    trained = [m for m in methods if m != "bicubic"]
     lines = [
-        f"GPEMSR large-factor SR on ISBI 2012 ({CROP}² HR, {PIXEL_NM:g} nm; LR by anti-aliased "
-        f"bicubic): mean ± std over the test slices of folds {record.get('folds_done')}",
+        f"Large-factor SR on ISBI 2012 ({CROP}² HR, {PIXEL_NM:g} nm; LR by anti-aliased "
+        f"bicubic), GPEMSR Table 1 layout: mean ± std over the test slices of folds "
+        f"{record.get('folds_done')}",
     ]
     header = (
         ["method"]
         + [f"×{f} {m.upper()}" for f in factors for m in METRICS]
-        + ["params (Stage III)"]
+        + ["params (trained)"]
         + [f"×{f} s/slice" for f in factors]
     )
     rows = []
-    for method in METHODS:
+    for method in methods:
         row = [LABELS[method]]
         for f in factors:
             s = record["summary"][str(f)].get(method)
-            row.extend(_cell(s, m) for m in METRICS)
-        params = sorted({record["params"][str(f)].get(method, 0) for f in factors})
-        row.append(" / ".join(f"{p:,}" for p in params))
+            row.extend(mean_std_cell(s, m) for m in METRICS)
+        params = [record["params"][str(f)].get(method) for f in factors]
+        row.append(" / ".join("-" if p is None else f"{p:,}" for p in params))
         for f in factors:
             t = record["seconds_per_slice"][str(f)].get(method)
             row.append("-" if t is None else f"{t:.3f}")
         rows.append(row)
     lines.append(table(rows, header))
+    if len(factors) > 1:
+        lines.append(f"(params: {' / '.join(f'×{f}' for f in factors)})")
     lines.append("")
     gain_rows = []
-    for method in METHODS[1:]:
+    for method in trained:
         row = [LABELS[method]]
         for f in factors:
             summary = record["summary"][str(f)]
@@ -159,7 +179,7 @@ def report(record: dict) -> str:
     losses = []
     for f in factors:
         summary = record["summary"][str(f)]
-        for method in METHODS[1:]:
+        for method in trained:
             if method not in summary:
                 continue
             lost = [
@@ -171,10 +191,23 @@ def report(record: dict) -> str:
             if lost:
                 losses.append(f"  ×{f} {LABELS[method]}: {'; '.join(lost)}")
     if losses:
-        lines.append("Where GPEMSR does NOT beat bicubic:")
+        lines.append("Where a trained method does NOT beat bicubic:")
         lines.extend(losses)
     else:
-        lines.append("GPEMSR (both rows) beats bicubic on every metric and factor run.")
+        lines.append("Every trained method beats bicubic on every metric and factor run.")
+    for f in factors:  # GPEMSR against the single-image baselines
+        summary = record["summary"][str(f)]
+        for method in GPEMSR:
+            rivals = [b for b in BASELINES if b in summary]
+            if method not in summary or not rivals:
+                continue
+            parts = []
+            for rival in rivals:
+                d = [summary[method][m]["mean"] - summary[rival][m]["mean"] for m in METRICS]
+                parts.append(
+                    f"{LABELS[rival]} PSNR {d[0]:+.2f} dB, SSIM {d[1]:+.3f}, FRC {d[2]:+.3f}"
+                )
+            lines.append(f"×{f} {LABELS[method]} minus {'; minus '.join(parts)}")
     for f in factors:  # what the four neighbouring sections add (POD + 3DA)
         summary = record["summary"][str(f)]
         if "gpemsr" in summary and "gpemsr_single" in summary:
@@ -194,12 +227,33 @@ def report(record: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--config", type=Path, default=CONFIG, help="baseline settings, infer")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budget, < 1 min")
     parser.add_argument("--folds", type=int, nargs="+", default=None, help="of 0 1 2 (default all)")
     parser.add_argument("--factors", type=int, nargs="+", default=list(FACTORS), choices=FACTORS)
     parser.add_argument("--steps1", type=int, default=None, help="Stage I steps (default 2000)")
     parser.add_argument("--steps2", type=int, default=None, help="Stage II steps (default 1500)")
     parser.add_argument("--steps3", type=int, default=None, help="Stage III steps (default 1000)")
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=list(BASELINES),
+        choices=list(BASELINES),
+        help="single-image baselines to train (none: GPEMSR and bicubic only)",
+    )
+    parser.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=None,
+        help="training steps of every baseline (default: the Stage III steps)",
+    )
+    parser.add_argument(
+        "--spec",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="override keys of a baseline's spec, e.g. emsrnet='{\"channels\": 32}'",
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--patch", type=int, default=64, help="HR patch side (all stages)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all stages)")
@@ -222,7 +276,35 @@ def main() -> int:
     steps1 = args.steps1 if args.steps1 is not None else (4 if args.quick else 2000)
     steps2 = args.steps2 if args.steps2 is not None else (4 if args.quick else 1500)
     steps3 = args.steps3 if args.steps3 is not None else (3 if args.quick else 1000)
+    steps_b = args.baseline_steps if args.baseline_steps is not None else steps3
     batch, patch = (2 if args.quick else args.batch), args.patch
+    if any(patch % f for f in factors):
+        parser.error(f"--patch {patch} must be a multiple of every factor {factors}")
+    specs = {name: dict(BASELINES[name]) for name in args.baselines}
+    for item in args.spec:
+        name, _, text = item.partition("=")
+        if name not in specs:
+            parser.error(f"--spec {name}: not one of --baselines {args.baselines}")
+        specs[name].update(json.loads(text))
+    config = yaml.safe_load(args.config.read_text())["largefactor"]
+    # The workflow's baseline settings (rule gp_train_baseline: real pairs, loss ℓ1) with
+    # this benchmark's budget; the LR patch is the HR patch over the factor.
+    baseline_base = {
+        **config["baselines"]["settings"],
+        "loss": "l1",
+        "steps": steps_b,
+        "batch": batch,
+        "lr": args.lr,
+        "lr_halve_every": max(1, steps_b // 2),
+        "checkpoint_every": steps_b,
+        "log_every": max(1, steps_b // 10),
+        "device": args.device,
+    }
+    infer_options = {
+        **{k: config["infer"][k] for k in ("tile", "overlap", "batch")},
+        "precision": "fp32",
+        "device": args.device,
+    }
     out = args.out or HERE / "results" / (
         "largefactor_isbi-quick.json" if args.quick else "largefactor_isbi.json"
     )
@@ -260,8 +342,16 @@ def main() -> int:
         else f"Stage I {steps1}, II {steps2}, III {steps3} steps; batch {batch}, HR patch "
         f"{patch}², lr {args.lr:g}, {args.threads} threads on {args.device}"
     )
+    if specs:
+        budget += (
+            f"; baselines ({', '.join(LABELS[n] for n in specs)}) {steps_b} steps each, "
+            f"batch {batch}, HR patch {patch}², EMSR objective ℓ1 (rule gp_train_baseline), "
+            f"Adam lr {args.lr:g} halved at half-way"
+        )
     print(f"budget: {budget}")
     print(f"networks: Stage I {STAGE1}, indexer {INDEXER}, Stage III {STAGE3}")
+    for name, spec in specs.items():
+        print(f"  {LABELS[name]}: {spec}")
     record = {
         "benchmark": "largefactor_isbi",
         "data": args.data.name,
@@ -271,8 +361,11 @@ def main() -> int:
         "fold_slices": {f: [f * fold_size, (f + 1) * fold_size] for f in folds},
         "factors": factors,
         "networks": {"stage1": STAGE1, "indexer": INDEXER, "stage3": STAGE3, "critic": CRITIC},
+        "baselines": specs,
+        "baseline_settings": {k: v for k, v in baseline_base.items() if k != "patch"},
+        "infer": infer_options,
         "budget": budget,
-        "steps": {"stage1": steps1, "stage2": steps2, "stage3": steps3},
+        "steps": {"stage1": steps1, "stage2": steps2, "stage3": steps3, "baselines": steps_b},
         "batch": batch,
         "patch": patch,
         "lr": args.lr,
@@ -340,7 +433,31 @@ def main() -> int:
                 tic = time.perf_counter()
                 outputs = {"bicubic": bicubic(lr_test, (CROP, CROP))}
                 timing["bicubic"] = (time.perf_counter() - tic) / len(test)
-                for method in METHODS[1:]:
+                settings = TrainSettings.from_dict({**baseline_base, "patch": patch // f})
+                for name, spec in specs.items():
+                    model, params[name], seconds, loss = train_single_image(
+                        f"{name}-x{f}", spec, f, lr_train, hr_train, settings, work
+                    )
+                    tic = time.perf_counter()
+                    outputs[name] = predict_stack(model, lr_test, **infer_options)
+                    timing[name] = (time.perf_counter() - tic) / len(test)
+                    record["runs"].append(
+                        {
+                            "fold": fold,
+                            "factor": f,
+                            "method": name,
+                            "train_seconds": seconds,
+                            "final_loss": loss,
+                            "infer_seconds_per_slice": timing[name],
+                        }
+                    )
+                    print(
+                        f"  ×{f} {name}: {params[name]:,} trainable parameters, trained in "
+                        f"{seconds:.0f} s (final loss {loss:.4f}), inference "
+                        f"{timing[name]:.2f} s/slice",
+                        flush=True,
+                    )
+                for method in GPEMSR:
                     network = {**STAGE3, "single_section": method == "gpemsr_single"}
                     tic = time.perf_counter()
                     net = L.train_reconstruction(
@@ -359,7 +476,7 @@ def main() -> int:
                         net, lr_test, tile=CROP // f, overlap=0, device=args.device
                     )
                     timing[method] = (time.perf_counter() - tic) / len(test)
-                    params[method] = trainable(net)
+                    params[method] = parameters(net)
                     record["runs"].append(
                         {
                             "fold": fold,
@@ -381,7 +498,8 @@ def main() -> int:
                     )
                 per_slice = record["per_slice"].setdefault(key, {})
                 for name, sr in outputs.items():
-                    for index, row in zip(test.tolist(), score(hr_test, sr), strict=True):
+                    rows = score(hr_test, sr, pixel_nm=PIXEL_NM)
+                    for index, row in zip(test.tolist(), rows, strict=True):
                         per_slice.setdefault(name, []).append({"slice": index, **row})
                 line = ", ".join(
                     f"{n} {np.mean([r['psnr'] for r in per_slice[n][-len(test) :]]):.2f}"

@@ -47,17 +47,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from common import describe, machine, table, write_record
+from common import (
+    METRICS,
+    describe,
+    machine,
+    mean_std_cell,
+    score,
+    summarise,
+    table,
+    train_single_image,
+    write_record,
+)
 from scipy import ndimage
 
-from emsrflow.archs import build_network
 from emsrflow.degrade import Synthetic2Ranges, degrade_stack
 from emsrflow.infer import predict_stack
 from emsrflow.io import open_volume, to_float01
-from emsrflow.metrics import finite_mean_std, slice_metrics
 from emsrflow.phantom import LRParams, _detect, _overlap_matrix
 from emsrflow.resize import bicubic
-from emsrflow.train import TrainSettings, train
+from emsrflow.train import TrainSettings
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -65,7 +73,6 @@ DATA = ROOT.parent / "shared" / "data" / "isbi2012" / "train-volume.tif"
 CONFIG = ROOT / "config" / "config.yaml"
 TAU = 3
 PIXEL_NM = 4.0  # ISBI 2012 lateral pixel
-METRICS = ("psnr", "ssim", "frc")
 ACQUISITIONS = ("phantom", "synthetic2")
 TRAINED = ("emsrnet", "swinir", "unet")
 LABELS = {"bicubic": "Bicubic", "emsrnet": "EMSRNet", "swinir": "SwinIR", "unet": "ResUNet (PSSR)"}
@@ -132,44 +139,6 @@ def acquire(kind: str, hr: np.ndarray, config: dict) -> tuple[np.ndarray, dict]:
 
 
 # ---------------------------------------------------------------------------------------
-# Methods
-
-
-def train_network(name, spec, lr_train, hr_train, settings, workdir: Path):
-    torch.manual_seed(settings.seed)  # the initial weights, as scripts/train.py
-    model = build_network({**spec, "scale": TAU})
-    params = sum(p.numel() for p in model.parameters())
-    started = time.perf_counter()
-    train(
-        model,
-        [(lr_train, hr_train)],
-        settings,
-        checkpoint=workdir / f"{name}.pt",
-        curve=workdir / f"{name}.csv",
-        progress=False,
-    )
-    seconds = time.perf_counter() - started
-    last = (workdir / f"{name}.csv").read_text().strip().splitlines()[-1].split(",")
-    return model, params, seconds, float(last[1])
-
-
-def score(hr: np.ndarray, sr: np.ndarray) -> list[dict]:
-    rows = []
-    for reference, prediction in zip(hr, sr, strict=True):
-        m = slice_metrics(reference, prediction, data_range=1.0, pixel_nm=PIXEL_NM)
-        rows.append({k: m[k] for k in (*METRICS, "frc_resolution_nm", "status")})
-    return rows
-
-
-def summarise(rows: list[dict]) -> dict:
-    out = {}
-    for metric in (*METRICS, "frc_resolution_nm"):
-        mean, std, n = finite_mean_std([r[metric] for r in rows])
-        out[metric] = {"mean": mean, "std": std, "n": n}
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # Report
 
 
@@ -183,12 +152,7 @@ def report(record: dict) -> str:
         row = [LABELS.get(method, method), f"{record['params'].get(method, 0):,}"]
         for a in acqs:
             s = record["summary"][a].get(method)
-            for m in METRICS:
-                if s is None:
-                    row.append("-")
-                else:
-                    digits = 2 if m == "psnr" else 3
-                    row.append(f"{s[m]['mean']:.{digits}f} ± {s[m]['std']:.{digits}f}")
+            row.extend(mean_std_cell(s, m) for m in METRICS)
         rows.append(row)
     n_test = {a: record["summary"][a]["bicubic"]["psnr"]["n"] for a in acqs}
     lines.append(
@@ -366,7 +330,7 @@ def main() -> int:
 
     # Anchor check: Synthetic (I) (bicubic down) then bicubic up, all slices.
     lr1 = bicubic(hr, (crop // TAU, crop // TAU))
-    anchor = summarise(score(hr, bicubic(lr1, (crop, crop))))
+    anchor = summarise(score(hr, bicubic(lr1, (crop, crop)), pixel_nm=PIXEL_NM))
     print(
         f"anchor check, bicubic down/up on all {z} slices: {anchor['psnr']['mean']:.2f} dB / "
         f"{anchor['ssim']['mean']:.3f} (../shared/anchors.md, 512²: "
@@ -423,9 +387,10 @@ def main() -> int:
                 for name in args.archs:
                     workdir = Path(tmp) / f"{acq}-{fold}"
                     workdir.mkdir(exist_ok=True)
-                    model, params, seconds, loss = train_network(
+                    model, params, seconds, loss = train_single_image(
                         name,
                         specs[name],
+                        TAU,
                         np.ascontiguousarray(lr[trainset]),
                         np.ascontiguousarray(hr[trainset]),
                         settings,
@@ -452,7 +417,7 @@ def main() -> int:
                         flush=True,
                     )
                 for name, sr in outputs.items():
-                    rows = score(hr_test, sr)
+                    rows = score(hr_test, sr, pixel_nm=PIXEL_NM)
                     for index, row in zip(test.tolist(), rows, strict=True):
                         per_slice.setdefault(name, []).append({"slice": index, **row})
                 line = ", ".join(

@@ -1056,41 +1056,50 @@ def agglomerate(
     if ids[0] == 0:  # boundary voxels: no edges
         keep = (us != 0) & (vs != 0)
         us, vs, sums, counts = us[keep], vs[keep], sums[keep], counts[keep]
-    parent = np.arange(len(ids))
-    neighbours: list[dict[int, list[float]]] = [{} for _ in ids]
+    # Each boundary is one record [sum, count, u, v, alive], shared by both regions'
+    # neighbour maps and by its heap entries; a boundary that only changes hands in a
+    # merge keeps its mean and so its heap entry, and only boundaries that add up are
+    # queued again.
+    parent = list(range(len(ids)))  # a list: scalar access in the loop below is fast
+    neighbours: list[dict[int, list]] = [{} for _ in ids]
     heap = []
     for u, v, total, count in zip(
         us.tolist(), vs.tolist(), sums.tolist(), counts.tolist(), strict=True
     ):
-        stats = [total, count]
-        neighbours[u][v] = neighbours[v][u] = stats
-        heap.append((-total / count, u, v))
+        edge = [total, count, u, v, True]
+        neighbours[u][v] = neighbours[v][u] = edge
+        heap.append((-total / count, u, v, edge))
     heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
     while heap:
-        score, u, v = heapq.heappop(heap)
+        score, _, _, edge = pop(heap)
         if -score <= threshold:
             break
-        if parent[u] != u or parent[v] != v:
-            continue
-        stats = neighbours[u].get(v)
-        if stats is None or stats[0] / stats[1] != -score:
-            continue  # outdated entry: the boundary changed since it was queued
+        if not edge[4] or edge[0] / edge[1] != -score:
+            continue  # outdated entry: the boundary was merged or has grown since
+        u, v = edge[2], edge[3]
         if len(neighbours[u]) < len(neighbours[v]):
             u, v = v, u
         parent[v] = u
-        del neighbours[u][v]
-        for k, (total, count) in neighbours[v].items():
+        edge[4] = False
+        merged = neighbours[u]
+        del merged[v]
+        for k, moved in neighbours[v].items():
             if k == u:
                 continue
-            del neighbours[k][v]
-            stats = neighbours[u].get(k)
-            if stats is None:
-                stats = neighbours[u][k] = neighbours[k][u] = [total, count]
-            else:
-                stats[0] += total
-                stats[1] += count
-            heapq.heappush(heap, (-stats[0] / stats[1], min(u, k), max(u, k)))
+            around = neighbours[k]
+            del around[v]
+            stats = merged.get(k)
+            if stats is None:  # the boundary v–k becomes u–k, its mean unchanged
+                moved[2], moved[3] = u, k
+                merged[k] = around[u] = moved
+            else:  # u and v both touched k: the two boundaries add up
+                stats[0] += moved[0]
+                stats[1] += moved[1]
+                moved[4] = False
+                push(heap, (-stats[0] / stats[1], min(u, k), max(u, k), stats))
         neighbours[v] = {}
+    parent = np.asarray(parent)
     # Each fragment's root; then number the segments by their smallest fragment.
     while True:
         grand = parent[parent]
