@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# pytest-xdist workers of `make test`, one test file each at a time, longest files first
+# (tests/conftest.py)
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint clean
 
@@ -23,7 +26,7 @@ demo: install
 	@echo "Demo done: outputs in results/, report in results/report.html"
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check .
