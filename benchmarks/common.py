@@ -7,6 +7,7 @@ their own folder on ``sys.path`` when run as ``python benchmarks/<name>.py``.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -280,6 +281,13 @@ def parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def final_row(curve: Path) -> dict[str, float]:
+    """The last row of a training curve CSV (``step, loss, …``), by column name."""
+    with open(curve, newline="") as f:
+        *_, last = csv.DictReader(f)
+    return {key: float(value) for key, value in last.items()}
+
+
 def train_single_image(
     name: str,
     spec: dict[str, Any],
@@ -314,5 +322,4 @@ def train_single_image(
         progress=False,
     )
     seconds = time.perf_counter() - started
-    last = (workdir / f"{name}.csv").read_text().strip().splitlines()[-1].split(",")
-    return model, params, seconds, float(last[1])
+    return model, params, seconds, final_row(workdir / f"{name}.csv")["loss"]

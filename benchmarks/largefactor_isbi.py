@@ -62,6 +62,7 @@ import yaml
 from common import (
     METRICS,
     describe,
+    final_row,
     machine,
     mean_std_cell,
     parameters,
@@ -403,8 +404,8 @@ def main() -> int:
                 progress=False,
             )
             seconds1 = time.perf_counter() - tic
-            last1 = (work / "stage1.csv").read_text().strip().splitlines()[-1].split(",")
-            print(f"fold {fold}: Stage I {seconds1:.0f} s (L1 {float(last1[2]):.4f})", flush=True)
+            l1 = final_row(work / "stage1.csv")["l1"]
+            print(f"fold {fold}: Stage I {seconds1:.0f} s (L1 {l1:.4f})", flush=True)
             for f in factors:
                 key = str(f)
                 lr_all = L.downsample_bicubic(hr, f)
@@ -421,8 +422,7 @@ def main() -> int:
                     progress=False,
                 )
                 seconds2 = time.perf_counter() - tic
-                last2 = (work / f"stage2-x{f}.csv").read_text().strip().splitlines()[-1]
-                accuracy = float(last2.split(",")[3])
+                accuracy = final_row(work / f"stage2-x{f}.csv")["accuracy"]
                 print(
                     f"  ×{f}: Stage II {seconds2:.0f} s (code accuracy {accuracy:.3f})",
                     flush=True,
@@ -470,7 +470,7 @@ def main() -> int:
                         progress=False,
                     )
                     seconds3 = time.perf_counter() - tic
-                    last3 = (work / f"{method}-x{f}.csv").read_text().strip().splitlines()[-1]
+                    loss3 = final_row(work / f"{method}-x{f}.csv")["loss"]
                     tic = time.perf_counter()
                     outputs[method] = L.predict_volume(
                         net, lr_test, tile=CROP // f, overlap=0, device=args.device
@@ -486,13 +486,13 @@ def main() -> int:
                             "stage2_seconds": seconds2,
                             "stage2_accuracy": accuracy,
                             "stage3_seconds": seconds3,
-                            "stage3_final_loss": float(last3.split(",")[1]),
+                            "stage3_final_loss": loss3,
                             "infer_seconds_per_slice": timing[method],
                         }
                     )
                     print(
                         f"  ×{f} {method}: {params[method]:,} trainable parameters, Stage III "
-                        f"{seconds3:.0f} s (final loss {float(last3.split(',')[1]):.4f}), "
+                        f"{seconds3:.0f} s (final loss {loss3:.4f}), "
                         f"inference {timing[method]:.2f} s/slice",
                         flush=True,
                     )
