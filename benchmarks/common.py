@@ -276,6 +276,21 @@ def mean_std_cell(summary: dict[str, Any] | None, metric: str) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
+#: The real-EM benchmarks' folds: ISBI 2012's 30 slices as 3 folds of 10 consecutive slices.
+FOLDS = 3
+
+
+def fold_slices(z: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and test slice indices of ``fold`` of :data:`FOLDS` folds of ``z`` slices.
+
+    The test slices are the fold's ``z // FOLDS`` consecutive slices; the network trains on
+    all the others, so that over the folds every slice is a test slice once.
+    """
+    size = z // FOLDS
+    test = np.arange(fold * size, (fold + 1) * size)
+    return np.setdiff1d(np.arange(z), test), test
+
+
 def parameters(model: torch.nn.Module) -> int:
     """Trainable parameters (those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

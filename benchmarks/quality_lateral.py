@@ -50,6 +50,7 @@ import yaml
 from common import (
     METRICS,
     describe,
+    fold_slices,
     machine,
     mean_std_cell,
     score,
@@ -380,8 +381,7 @@ def main() -> int:
             for acq in args.acquisitions:
                 lr = acquired[acq]
                 per_slice = record["per_slice"].setdefault(acq, {})
-                test = np.arange(fold * fold_size, (fold + 1) * fold_size)
-                trainset = np.setdiff1d(np.arange(z), test)
+                trainset, test = fold_slices(z, fold)
                 hr_test, lr_test = hr[test], lr[test]
                 outputs = {"bicubic": bicubic(lr_test, (crop, crop))}
                 for name in args.archs:

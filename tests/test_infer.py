@@ -264,6 +264,26 @@ def test_tta_averages_the_eight_dihedral_transforms():
     assert np.abs(predict_section(model, image, tile=64, device="cpu") - expected).max() > 1e-3
 
 
+def test_tta_flips_averages_the_four_flips_only():
+    model, image = ConvSR(layers=2), _image((45, 37))
+    x = torch.from_numpy(image)[None, None]
+    with torch.inference_mode():
+        outs = [model(x.flip(d)).flip(d) for d in ((), (-2,), (-1,), (-2, -1))]
+    expected = torch.stack(outs).mean(0)[0, 0].clamp(0, 1).numpy()
+    out = predict_section(model, image, tile=16, overlap=12, tta="flips", device="cpu")
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+    dihedral = predict_section(model, image, tile=16, overlap=12, tta="dihedral", device="cpu")
+    np.testing.assert_allclose(
+        dihedral, predict_section(model, image, tile=16, overlap=12, tta=True, device="cpu")
+    )
+    assert np.abs(dihedral - expected).max() > 1e-3
+
+
+def test_an_unknown_tta_is_refused():
+    with pytest.raises(ValueError, match="tta must be true, false or one of"):
+        predict_section(ConvSR(layers=1), _image((20, 20)), tta="rotations", device="cpu")
+
+
 def test_bf16_is_close_to_fp32():
     model, image = ConvSR(layers=4, channels=16), _image((96, 80))
     fp32 = predict_section(model, image, tile=48, overlap=16, precision="fp32", device="cpu")

@@ -198,6 +198,26 @@ def test_blocks_with_a_halo_equal_the_whole_volume_for_a_local_network(tmp_path)
         isotropic.reconstruct_block(None, volume, RHO, 10, 16)
 
 
+class RowBlur(nn.Module):
+    """A [1, 2, 1] blur along the rows' axis only: flips leave it be, quarter turns not."""
+
+    scale, window = 1, 1
+
+    def forward(self, x):
+        kernel = torch.tensor([1.0, 2, 1]).view(1, 1, 3, 1) / 4
+        padded = torch.nn.functional.pad(x, (0, 0, 1, 1), mode="replicate")
+        return torch.nn.functional.conv2d(padded, kernel)
+
+
+def test_test_time_augmentation_keeps_z_along_the_rows():
+    volume = smooth_image((6, 20, 23))
+    plain = isotropic.reconstruct_block(RowBlur(), volume, RHO, 0, 18, halo=0)
+    tta = isotropic.reconstruct_block(RowBlur(), volume, RHO, 0, 18, halo=0, tta=True)
+    np.testing.assert_allclose(tta, plain, atol=1e-6)
+    dihedral = isotropic.reconstruct_block(RowBlur(), volume, RHO, 0, 18, halo=0, tta="dihedral")
+    assert np.abs(dihedral - plain).max() > 1e-3
+
+
 def test_train_isotropic_needs_a_same_size_network(tmp_path):
     model = archs.build_network({"type": "bicubic", "scale": 3})
     with pytest.raises(ValueError, match="scale 1"):

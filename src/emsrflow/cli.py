@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 is faster on recent GPUs and CPUs, falls back to fp32 elsewhere",
     )
     apply.add_argument(
-        "--tta", action="store_true", help="average the 8 flips and rotations (8× slower)"
+        "--tta",
+        action="store_true",
+        help="average the 8 flips and rotations (8× slower; isotropic: the 4 flips, 4×)",
     )
     apply.add_argument(
         "--slab",

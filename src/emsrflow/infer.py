@@ -17,8 +17,10 @@ image. Outputs are clipped to [0, 1] and returned as float32.
 Networks run in channels-last memory format; ``precision="bf16"`` adds
 ``torch.autocast`` with bfloat16 where the device has native bfloat16 (AVX512-BF16 or
 AMX CPUs, where oneDNN is several times faster than in float32, and recent GPUs), and
-falls back to float32 with a logged warning elsewhere. ``tta=True`` averages the
-network's outputs over the 8 flips and rotations of each tile.
+falls back to float32 with a logged warning elsewhere. ``tta=True`` (or ``"dihedral"``)
+averages the network's outputs over the 8 flips and rotations of each tile;
+``tta="flips"`` over its 4 flips only, which keep rows as rows (isotropic inference, whose
+rows are z).
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ log = logging.getLogger(__name__)
 
 #: Arithmetic of the forward passes: float32, or bfloat16 autocast.
 PRECISIONS = ("fp32", "bf16")
+
+#: Test-time augmentations: the transforms averaged, each (quarter turns, flipped axes).
+TTA = {
+    "dihedral": [(turns, flip) for turns in range(4) for flip in ((), (-1,))],
+    "flips": [(0, ()), (0, (-2,)), (0, (-1,)), (0, (-2, -1))],
+}
 
 
 @dataclass(frozen=True)
@@ -212,19 +220,27 @@ def _window(span: Span, scale: int, margin: int) -> np.ndarray:
     return weight.astype(np.float32)
 
 
-def _forward(model: nn.Module, x: torch.Tensor, *, tta: bool) -> torch.Tensor:
-    """Super-resolve a batch (N, 1, h, w), averaging the 8 dihedral transforms if ``tta``."""
-    if not tta:
-        return model(x.contiguous(memory_format=torch.channels_last)).float()
+def _tta_transforms(tta: bool | str) -> list[tuple[int, tuple[int, ...]]]:
+    """Return the transforms of a ``tta`` option (False: the identity alone)."""
+    if tta is False:
+        return [(0, ())]
+    name = "dihedral" if tta is True else tta
+    if name not in TTA:
+        raise ValueError(f"tta must be true, false or one of {sorted(TTA)}, got {tta!r}")
+    return TTA[name]
+
+
+def _forward(
+    model: nn.Module, x: torch.Tensor, transforms: list[tuple[int, tuple[int, ...]]]
+) -> torch.Tensor:
+    """Super-resolve a batch (N, 1, h, w), averaging over ``transforms`` (turns, flips)."""
     total = None
-    for turns in range(4):
-        for flip in (False, True):
-            view = torch.rot90(x, turns, (-2, -1))
-            view = view.flip(-1) if flip else view
-            out = model(view.contiguous(memory_format=torch.channels_last)).float()
-            out = torch.rot90(out.flip(-1) if flip else out, -turns, (-2, -1))
-            total = out if total is None else total + out
-    return total / 8
+    for turns, flips in transforms:
+        view = torch.rot90(x, turns, (-2, -1)).flip(flips)
+        out = model(view.contiguous(memory_format=torch.channels_last)).float()
+        out = torch.rot90(out.flip(flips), -turns, (-2, -1))
+        total = out if total is None else total + out
+    return total / len(transforms)
 
 
 def predict_section(
@@ -235,7 +251,7 @@ def predict_section(
     overlap: int = 32,
     margin: int | None = None,
     batch: int = 4,
-    tta: bool = False,
+    tta: bool | str = False,
     precision: str = "fp32",
     device: str | None = None,
 ) -> np.ndarray:
@@ -264,8 +280,9 @@ def predict_section(
     batch : int, optional
         Tiles per forward pass (with ``tta``, each of the 8 passes per batch holds
         ``batch`` tiles).
-    tta : bool, optional
-        Average over the 8 flips and 90° rotations of each tile.
+    tta : bool or {'dihedral', 'flips'}, optional
+        Average over the 8 flips and 90° rotations of each tile (True, 'dihedral'), or
+        over its 4 flips ('flips': rows stay rows).
     precision : {'fp32', 'bf16'}, optional
         float32, or bfloat16 autocast where the device supports it (else float32, with
         a logged warning).
@@ -361,7 +378,7 @@ def predict_stack(
     overlap: int = 32,
     margin: int | None = None,
     batch: int = 4,
-    tta: bool = False,
+    tta: bool | str = False,
     precision: str = "fp32",
     device: str | None = None,
 ) -> np.ndarray:
@@ -399,6 +416,7 @@ def predict_stack(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
+    transforms = _tta_transforms(tta)
     margin = overlap // 4 if margin is None else margin
     if margin < 0 or (overlap > 0 and 2 * margin >= overlap) or (overlap == 0 and margin):
         raise ValueError(
@@ -434,7 +452,7 @@ def predict_stack(
         for z, section in enumerate(array):
             plane = torch.from_numpy(section).to(device)
             out[z] = blend_tiles(
-                lambda x: _forward(model, x, tta=tta),
+                lambda x: _forward(model, x, transforms),
                 lambda tile, plane=plane: plane[tile.slices()][None],
                 tiles,
                 groups,

@@ -509,7 +509,9 @@ def reconstruct_block(
         Plane orientations to run and average.
     **options
         Passed to :func:`emsrflow.infer.predict_stack` (tile, overlap, batch, tta,
-        precision, device).
+        precision, device). ``tta=True`` averages the 4 flips of each plane
+        (``tta="flips"``): the quarter turns of the 8 dihedral transforms would put z
+        along the columns, which is not how the network was trained.
 
     Returns
     -------
@@ -538,6 +540,8 @@ def reconstruct_block(
     block = np.clip(np.tensordot(rows, stack, axes=1), 0.0, 1.0)
     if model is None:
         return np.ascontiguousarray(block[z0 - a : z1 - a], np.float32)
+    if options.get("tta") is True:
+        options = {**options, "tta": "flips"}
     total = np.zeros((z1 - z0, *shape[1:]), np.float32)
     for name in passes:
         axis = 1 if name == "xz" else 2

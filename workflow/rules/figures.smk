@@ -154,7 +154,7 @@ rule figure_isotropic:
         ),
         training=report(
             "results/figures/{dataset}/isotropic_training.png",
-            caption="../report/figure_training.rst",
+            caption="../report/figure_isotropic_training.rst",
             category="Figures",
             subcategory="Training curves",
             labels={"fold": "isotropic, {dataset}"},
