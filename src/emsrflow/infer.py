@@ -42,6 +42,7 @@ __all__ = [
     "Span",
     "Tile",
     "blend_tiles",
+    "blend_window",
     "enhance_section",
     "enhance_stack",
     "plan_tiles",
@@ -208,7 +209,7 @@ def _no_bf16_reason(device: torch.device) -> str | None:
     return f"bfloat16 autocast is not used on {device.type} devices"
 
 
-def _window(span: Span, scale: int, margin: int) -> np.ndarray:
+def blend_window(span: Span, scale: int, margin: int) -> np.ndarray:
     """Blending weights along one axis of a tile's output (``scale`` × its LR size)."""
     n = scale * span.size
     centre = (np.arange(n) + 0.5) / scale  # output pixel centres, LR pixels from the start
@@ -434,7 +435,7 @@ def predict_stack(
     model.eval().to(device=device, memory_format=torch.channels_last)
 
     spans = {span for t in tiles for span in (t.y, t.x)}
-    windows = {s: torch.from_numpy(_window(s, scale, margin)).to(device) for s in spans}
+    windows = {s: torch.from_numpy(blend_window(s, scale, margin)).to(device) for s in spans}
     weights = [windows[t.y][:, None] * windows[t.x][None, :] for t in tiles]
     total = torch.zeros(scale * array.shape[1], scale * array.shape[2], device=device)
     for t, weight in zip(tiles, weights, strict=True):

@@ -85,10 +85,10 @@ from .archs.gpemsr import (
     r1_penalty,
 )
 from .device import resolve_device
-from .infer import _window, blend_tiles, plan_tiles
+from .infer import blend_tiles, blend_window, plan_tiles
 from .io import VolumeWriter, from_float01, open_volume, to_float01
 from .resize import bicubic
-from .train import OptimSettings, _integer, _real, fit, load_model
+from .train import OptimSettings, fit, integer_setting, load_model, real_setting
 
 __all__ = [
     "CodebookSettings",
@@ -251,8 +251,9 @@ class SectionSampler:
         lr_multiple: int = LR_MULTIPLE,
     ):
         self.pairs, self.rng = [tuple(pair) for pair in pairs], rng
-        self.scale, self.patch = _integer("scale", scale, 1), _integer("patch", patch, 1)
-        self.sections = _integer("sections", sections, 1)
+        self.scale = integer_setting("scale", scale, 1)
+        self.patch = integer_setting("patch", patch, 1)
+        self.sections = integer_setting("sections", sections, 1)
         if self.sections % 2 == 0:
             raise ValueError(f"sections must be odd (2N + 1), got {self.sections}")
         if not self.pairs:
@@ -351,7 +352,7 @@ def _check_patch(patch: int, multiple: int, what: str) -> None:
 
 
 def _check_scale(scale: Any) -> int:
-    value = _integer("scale", scale, 2)
+    value = integer_setting("scale", scale, 2)
     if value & (value - 1) or value > HR_MULTIPLE:
         raise ValueError(f"training setting 'scale' must be 2, 4, 8 or 16, got {scale!r}")
     return value
@@ -405,8 +406,8 @@ class CodebookSettings(OptimSettings):
         super().__post_init__()
         _check_patch(self.patch, HR_MULTIPLE, "")
         for name in ("codebook_weight", "adversarial_weight", "r1_weight"):
-            self._put(name, _real(name, getattr(self, name)))
-        self._put("critic_lr", _real("critic_lr", self.critic_lr, positive=True))
+            self._put(name, real_setting(name, getattr(self, name)))
+        self._put("critic_lr", real_setting("critic_lr", self.critic_lr, positive=True))
         for name, minimum in (
             ("adversarial_start", 0),
             ("r1_every", 1),
@@ -414,7 +415,7 @@ class CodebookSettings(OptimSettings):
             ("critic_layers", 1),
             ("critic_padding", 0),
         ):
-            self._put(name, _integer(name, getattr(self, name), minimum))
+            self._put(name, integer_setting(name, getattr(self, name), minimum))
 
 
 @dataclass(frozen=True)
@@ -481,8 +482,8 @@ class ReconstructionSettings(OptimSettings):
             f" (16, and {LR_MULTIPLE} × scale so that the LR patch is a multiple of {LR_MULTIPLE})",
         )
         if self.fidelity_weight is not None:
-            self._put("fidelity_weight", _real("fidelity_weight", self.fidelity_weight))
-        self._put("contextual_level", _integer("contextual_level", self.contextual_level, 0))
+            self._put("fidelity_weight", real_setting("fidelity_weight", self.fidelity_weight))
+        self._put("contextual_level", integer_setting("contextual_level", self.contextual_level, 0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1031,7 +1032,7 @@ def iter_predict_volume(
     scale = int(model.scale)
     model.eval().to(target)
     spans = {span for t in tiles for span in (t.y, t.x)}
-    windows = {s: torch.from_numpy(_window(s, scale, margin)).to(target) for s in spans}
+    windows = {s: torch.from_numpy(blend_window(s, scale, margin)).to(target) for s in spans}
     weights = [windows[t.y][:, None] * windows[t.x][None, :] for t in tiles]
     total = torch.zeros(scale * height, scale * width, device=target)
     for t, weight in zip(tiles, weights, strict=True):

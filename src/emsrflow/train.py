@@ -59,8 +59,10 @@ __all__ = [
     "augment_pair",
     "emsr_loss",
     "fit",
+    "integer_setting",
     "load_model",
     "objective",
+    "real_setting",
     "save_checkpoint",
     "train",
 ]
@@ -76,7 +78,11 @@ _FORMAT = "emsrflow-train-checkpoint"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def _integer(name: str, value: Any, minimum: int) -> int:
+def integer_setting(name: str, value: Any, minimum: int) -> int:
+    """Return ``value`` as an int ≥ ``minimum`` (not a float or bool).
+
+    The error names the setting ``name``.
+    """
     try:
         number = operator.index(value)  # ints and NumPy integers, not floats or bools
     except TypeError:
@@ -86,7 +92,7 @@ def _integer(name: str, value: Any, minimum: int) -> int:
     return number
 
 
-def _real(name: str, value: Any, *, positive: bool = False) -> float:
+def real_setting(name: str, value: Any, *, positive: bool = False) -> float:
     """Return ``value`` as a finite float ≥ 0 (> 0 if ``positive``).
 
     Strings such as ``1e-4`` (which PyYAML reads as a string, not a float) are accepted.
@@ -149,9 +155,9 @@ class OptimSettings:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "patch", "lr_halve_every", "checkpoint_every", "log_every"):
-            self._put(name, _integer(name, getattr(self, name), 1))
-        self._put("seed", _integer("seed", self.seed, 0))
-        self._put("lr", _real("lr", self.lr, positive=True))
+            self._put(name, integer_setting(name, getattr(self, name), 1))
+        self._put("seed", integer_setting("seed", self.seed, 0))
+        self._put("lr", real_setting("lr", self.lr, positive=True))
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(
                 f"training setting 'precision' must be 'fp32' or 'bf16', got {self.precision!r}"
@@ -223,8 +229,8 @@ class TrainSettings(OptimSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._put("branch_noise", _real("branch_noise", self.branch_noise))
-        self._put("input_noise", _real("input_noise", self.input_noise))
+        self._put("branch_noise", real_setting("branch_noise", self.branch_noise))
+        self._put("input_noise", real_setting("input_noise", self.input_noise))
         lambdas = self.lambdas
         if isinstance(lambdas, str | bytes) or not isinstance(lambdas, Sequence | np.ndarray):
             lambdas = ()
@@ -233,7 +239,7 @@ class TrainSettings(OptimSettings):
                 f"training setting 'lambdas' must be three numbers (λ1, λ2, λ3), "
                 f"got {self.lambdas!r}"
             )
-        self._put("lambdas", tuple(_real(f"lambdas[{i}]", v) for i, v in enumerate(lambdas)))
+        self._put("lambdas", tuple(real_setting(f"lambdas[{i}]", v) for i, v in enumerate(lambdas)))
         if not any(self.lambdas):
             raise ValueError("training setting 'lambdas' must not be all zero")
         if self.loss not in ("l1", "l2"):
