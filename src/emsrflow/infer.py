@@ -42,9 +42,9 @@ __all__ = [
     "Span",
     "Tile",
     "blend_tiles",
-    "blend_window",
     "enhance_section",
     "enhance_stack",
+    "plan_blend",
     "plan_tiles",
     "predict_section",
     "predict_stack",
@@ -209,7 +209,7 @@ def _no_bf16_reason(device: torch.device) -> str | None:
     return f"bfloat16 autocast is not used on {device.type} devices"
 
 
-def blend_window(span: Span, scale: int, margin: int) -> np.ndarray:
+def _window(span: Span, scale: int, margin: int) -> np.ndarray:
     """Blending weights along one axis of a tile's output (``scale`` × its LR size)."""
     n = scale * span.size
     centre = (np.arange(n) + 0.5) / scale  # output pixel centres, LR pixels from the start
@@ -235,6 +235,8 @@ def _forward(
     model: nn.Module, x: torch.Tensor, transforms: list[tuple[int, tuple[int, ...]]]
 ) -> torch.Tensor:
     """Super-resolve a batch (N, 1, h, w), averaging over ``transforms`` (turns, flips)."""
+    if transforms == [(0, ())]:  # no TTA: no copies of the batch or its output
+        return model(x.contiguous(memory_format=torch.channels_last)).float()
     total = None
     for turns, flips in transforms:
         view = torch.rot90(x, turns, (-2, -1)).flip(flips)
@@ -279,7 +281,7 @@ def predict_section(
         untiled one when the network's receptive field reaches no farther than
         ``margin`` LR pixels (and, for window attention, stays within its windows).
     batch : int, optional
-        Tiles per forward pass (with ``tta``, each of the 8 passes per batch holds
+        Tiles per forward pass (with ``tta``, each of the 4 or 8 passes per batch holds
         ``batch`` tiles).
     tta : bool or {'dihedral', 'flips'}, optional
         Average over the 8 flips and 90° rotations of each tile (True, 'dihedral'), or
@@ -316,6 +318,65 @@ def predict_section(
         precision=precision,
         device=device,
     )[0]
+
+
+def plan_blend(
+    shape: tuple[int, int],
+    *,
+    tile: int,
+    overlap: int,
+    margin: int | None,
+    batch: int,
+    multiple: int,
+    scale: int,
+    device: torch.device,
+) -> tuple[list[Tile], list[list[int]], list[torch.Tensor], torch.Tensor]:
+    """Plan the tiled, blended inference of (h, w) sections for :func:`blend_tiles`.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (h, w) of a section, in input pixels.
+    tile, overlap, margin, batch
+        As for :func:`predict_section` (``margin=None``: ``overlap // 4``).
+    multiple : int
+        Tile origins are multiples of this (the network's window grid).
+    scale : int
+        Output pixels per input pixel.
+    device : torch.device
+        Where the weights live.
+
+    Returns
+    -------
+    tiles, groups, weights, total
+        The tiles (:func:`plan_tiles`), batches of their indices (one tile shape per
+        batch, at most ``batch`` tiles), each tile's blending weights on the output grid
+        and the sum of the weights.
+
+    Raises
+    ------
+    ValueError
+        If ``batch`` or ``margin`` is out of range, or the tiles cannot be planned.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    margin = overlap // 4 if margin is None else margin
+    if margin < 0 or (overlap > 0 and 2 * margin >= overlap) or (overlap == 0 and margin):
+        raise ValueError(
+            f"margin must be ≥ 0 and less than half the overlap ({overlap}), got {margin}"
+        )
+    tiles = plan_tiles(shape, tile=tile, overlap=overlap, multiple=multiple)
+    spans = {span for t in tiles for span in (t.y, t.x)}
+    windows = {s: torch.from_numpy(_window(s, scale, margin)).to(device) for s in spans}
+    weights = [windows[t.y][:, None] * windows[t.x][None, :] for t in tiles]
+    total = torch.zeros(scale * shape[0], scale * shape[1], device=device)
+    for t, weight in zip(tiles, weights, strict=True):
+        total[t.slices(scale)] += weight
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, t in enumerate(tiles):
+        by_shape.setdefault(t.shape, []).append(i)
+    groups = [g[i : i + batch] for g in by_shape.values() for i in range(0, len(g), batch)]
+    return tiles, groups, weights, total
 
 
 def blend_tiles(
@@ -415,35 +476,24 @@ def predict_stack(
         raise ValueError(f"stack must be (z, y, x), got shape {array.shape}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
     transforms = _tta_transforms(tta)
-    margin = overlap // 4 if margin is None else margin
-    if margin < 0 or (overlap > 0 and 2 * margin >= overlap) or (overlap == 0 and margin):
-        raise ValueError(
-            f"margin must be ≥ 0 and less than half the overlap ({overlap}), got {margin}"
-        )
-    tiles = plan_tiles(
-        array.shape[1:], tile=tile, overlap=overlap, multiple=int(getattr(model, "window", 1))
-    )
     device = resolve_device(device)
+    scale = int(model.scale)
+    tiles, groups, weights, total = plan_blend(
+        array.shape[1:],
+        tile=tile,
+        overlap=overlap,
+        margin=margin,
+        batch=batch,
+        multiple=int(getattr(model, "window", 1)),
+        scale=scale,
+        device=device,
+    )
     bf16 = precision == "bf16"
     if bf16 and (reason := _no_bf16_reason(device)):
         log.warning("bfloat16 inference falls back to float32: %s", reason)
         bf16 = False
-    scale = int(model.scale)
     model.eval().to(device=device, memory_format=torch.channels_last)
-
-    spans = {span for t in tiles for span in (t.y, t.x)}
-    windows = {s: torch.from_numpy(blend_window(s, scale, margin)).to(device) for s in spans}
-    weights = [windows[t.y][:, None] * windows[t.x][None, :] for t in tiles]
-    total = torch.zeros(scale * array.shape[1], scale * array.shape[2], device=device)
-    for t, weight in zip(tiles, weights, strict=True):
-        total[t.slices(scale)] += weight
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, t in enumerate(tiles):
-        by_shape.setdefault(t.shape, []).append(i)
-    groups = [g[i : i + batch] for g in by_shape.values() for i in range(0, len(g), batch)]
 
     out = np.empty((array.shape[0], *total.shape), dtype=np.float32)
     with (

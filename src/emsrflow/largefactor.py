@@ -85,7 +85,7 @@ from .archs.gpemsr import (
     r1_penalty,
 )
 from .device import resolve_device
-from .infer import blend_tiles, blend_window, plan_tiles
+from .infer import blend_tiles, plan_blend
 from .io import VolumeWriter, from_float01, open_volume, to_float01
 from .resize import bicubic
 from .train import OptimSettings, fit, integer_setting, load_model, real_setting
@@ -1016,31 +1016,21 @@ def iter_predict_volume(
     depth, height, width = shape
     sections = 1 if getattr(model, "single_section", False) else int(model.sections)
     half = sections // 2
-    margin = overlap // 4 if margin is None else margin
-    if margin < 0 or (overlap > 0 and 2 * margin >= overlap) or (overlap == 0 and margin):
-        raise ValueError(
-            f"margin must be ≥ 0 and less than half the overlap ({overlap}), got {margin}"
-        )
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
-    tiles = plan_tiles(
-        (height, width), tile=tile, overlap=overlap, multiple=int(getattr(model, "window", 1))
-    )
     target = resolve_device(device)
     scale = int(model.scale)
+    tiles, groups, weights, total = plan_blend(
+        (height, width),
+        tile=tile,
+        overlap=overlap,
+        margin=margin,
+        batch=batch,
+        multiple=int(getattr(model, "window", 1)),
+        scale=scale,
+        device=target,
+    )
     model.eval().to(target)
-    spans = {span for t in tiles for span in (t.y, t.x)}
-    windows = {s: torch.from_numpy(blend_window(s, scale, margin)).to(target) for s in spans}
-    weights = [windows[t.y][:, None] * windows[t.x][None, :] for t in tiles]
-    total = torch.zeros(scale * height, scale * width, device=target)
-    for t, weight in zip(tiles, weights, strict=True):
-        total[t.slices(scale)] += weight
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, t in enumerate(tiles):
-        by_shape.setdefault(t.shape, []).append(i)
-    groups = [g[i : i + batch] for g in by_shape.values() for i in range(0, len(g), batch)]
 
     cache: dict[int, torch.Tensor] = {}  # the LR sections of the current window
 
