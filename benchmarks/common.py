@@ -7,6 +7,7 @@ their own folder on ``sys.path`` when run as ``python benchmarks/<name>.py``.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -289,6 +290,25 @@ def fold_slices(z: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
     size = z // FOLDS
     test = np.arange(fold * size, (fold + 1) * size)
     return np.setdiff1d(np.arange(z), test), test
+
+
+def network_specs(
+    defaults: dict[str, dict[str, Any]],
+    names: Sequence[str],
+    overrides: Sequence[str],
+    parser: argparse.ArgumentParser,
+    option: str,
+) -> dict[str, dict[str, Any]]:
+    """The specs of the networks ``names`` (copies of ``defaults``) with ``--spec``
+    overrides ``NAME={json}`` applied; a name not among ``names`` is a parser error
+    naming ``option``, the option that lists them."""
+    specs = {name: dict(defaults[name]) for name in names}
+    for item in overrides:
+        name, _, text = item.partition("=")
+        if name not in specs:
+            parser.error(f"--spec {name}: not one of {option} {list(names)}")
+        specs[name].update(json.loads(text))
+    return specs
 
 
 def parameters(model: torch.nn.Module) -> int:

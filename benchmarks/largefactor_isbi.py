@@ -69,6 +69,7 @@ from common import (
     fold_slices,
     machine,
     mean_std_cell,
+    network_specs,
     parameters,
     score,
     summarise,
@@ -114,8 +115,8 @@ STAGE3 = {"channels": 16, "deform_groups": 2, "front_blocks": 1, "back_blocks": 
 CRITIC = {"critic_channels": 16, "critic_layers": 2, "critic_padding": 1}
 #: Single-image baselines of about the Stage III network's trainable parameters (247,654
 #: full / 103,570 single-section at 8×): EMSRNet 236,180 at 8× (264,404 at 16×), SwinIR
-#: 237,033 (265,369); the window of 4 fits the LR patch of 4² at 16×. ``--spec
-#: NAME='{...}'`` overrides keys.
+#: 237,033 (265,369); the window of 4 fits the LR patches (8², ``--lr-patch``) and
+#: every test slice (32² at 16×). ``--spec NAME='{...}'`` overrides keys.
 BASELINES = {
     "emsrnet": {"type": "emsrnet", "channels": 28, "blocks": 1, "res_blocks": 2, "heads": 4},
     "swinir": {
@@ -294,12 +295,7 @@ def main() -> int:
         parser.error(
             f"--patch {patch} must be a multiple of 16 and --lr-patch {args.lr_patch} of 4"
         )
-    specs = {name: dict(BASELINES[name]) for name in args.baselines}
-    for item in args.spec:
-        name, _, text = item.partition("=")
-        if name not in specs:
-            parser.error(f"--spec {name}: not one of --baselines {args.baselines}")
-        specs[name].update(json.loads(text))
+    specs = network_specs(BASELINES, args.baselines, args.spec, parser, "--baselines")
     config = yaml.safe_load(args.config.read_text())["largefactor"]
     # The workflow's baseline settings (rule gp_train_baseline: real pairs, loss ℓ1) with
     # this benchmark's budget and LR patch.

@@ -53,6 +53,7 @@ from common import (
     fold_slices,
     machine,
     mean_std_cell,
+    network_specs,
     score,
     summarise,
     table,
@@ -284,12 +285,7 @@ def main() -> int:
     out = args.out or HERE / "results" / (
         "quality_lateral-quick.json" if args.quick else "quality_lateral.json"
     )
-    specs = {name: dict(SPECS[name]) for name in args.archs}
-    for item in args.spec:
-        name, _, text = item.partition("=")
-        if name not in specs:
-            parser.error(f"--spec {name}: not one of --archs {args.archs}")
-        specs[name].update(json.loads(text))
+    specs = network_specs(SPECS, args.archs, args.spec, parser, "--archs")
 
     config = yaml.safe_load(args.config.read_text())
     base = dict(config["train"]["settings"])
