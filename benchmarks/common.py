@@ -240,20 +240,49 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 #: Full-reference metrics of the quality tables, in their column order.
 METRICS = ("psnr", "ssim", "frc")
+#: Segmentation metrics, where the test slices have labels: VOI (split + merge, bits; the
+#: GPEMSR paper's VOI) and adapted Rand error. Lower is better.
+SEGMENTATION_METRICS = ("voi", "arand")
 
 
-def score(hr: np.ndarray, sr: np.ndarray, *, pixel_nm: float) -> list[dict[str, Any]]:
+def score(
+    hr: np.ndarray,
+    sr: np.ndarray,
+    *,
+    pixel_nm: float,
+    labels: np.ndarray | None = None,
+    segmentation: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
     """Per-slice PSNR, SSIM, mean FRC (and FRC resolution) of an SR stack against its HR.
 
     :func:`emsrflow.metrics.slice_metrics` with intensities in [0, 1] (data range 1) and
-    HR pixels of ``pixel_nm``.
+    HR pixels of ``pixel_nm``. With the slices' instance ``labels`` and the SR stack's
+    ``segmentation`` also VOI split, merge and their sum, and the adapted Rand error.
     """
     from emsrflow.metrics import slice_metrics
 
+    if (labels is None) != (segmentation is None):
+        raise ValueError("score needs both the labels and the segmentation, or neither")
     rows = []
-    for reference, prediction in zip(hr, sr, strict=True):
-        m = slice_metrics(reference, prediction, data_range=1.0, pixel_nm=pixel_nm)
-        rows.append({k: m[k] for k in (*METRICS, "frc_resolution_nm", "status")})
+    for index, (reference, prediction) in enumerate(zip(hr, sr, strict=True)):
+        truth = None if labels is None else (labels[index], segmentation[index])
+        m = slice_metrics(
+            reference,
+            prediction,
+            data_range=1.0,
+            pixel_nm=pixel_nm,
+            labels=None if truth is None else truth[0],
+            segmentation=None if truth is None else truth[1],
+        )
+        row = {k: m[k] for k in (*METRICS, "frc_resolution_nm", "status")}
+        if truth is not None:
+            row.update(
+                voi_split=m["voi_split"],
+                voi_merge=m["voi_merge"],
+                voi=m["voi_split"] + m["voi_merge"],
+                arand=m["arand"],
+            )
+        rows.append(row)
     return rows
 
 
@@ -262,10 +291,17 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     from emsrflow.metrics import finite_mean_std
 
     out = {}
-    for metric in (*METRICS, "frc_resolution_nm"):
-        mean, std, n = finite_mean_std([r[metric] for r in rows])
-        out[metric] = {"mean": mean, "std": std, "n": n}
+    for metric in (*METRICS, "frc_resolution_nm", "voi_split", "voi_merge", "voi", "arand"):
+        if metric in rows[0]:
+            mean, std, n = finite_mean_std([r[metric] for r in rows])
+            out[metric] = {"mean": mean, "std": std, "n": n}
     return out
+
+
+def better(metric: str, value: float, than: float) -> bool:
+    """Whether ``value`` of ``metric`` is strictly better than ``than`` (VOI and ARAND:
+    lower)."""
+    return value < than if metric in SEGMENTATION_METRICS else value > than
 
 
 def mean_std_cell(summary: dict[str, Any] | None, metric: str) -> str:

@@ -38,7 +38,15 @@ Networks are SMALL (see ``STAGE1``, ``INDEXER``, ``STAGE3``) and the budget tiny
 networks some 20× larger for hundreds of thousands of steps on GPUs. GPEMSR inference:
 :func:`emsrflow.largefactor.predict_volume` on the 10 test slices (one tile per slice);
 metrics: :func:`emsrflow.metrics.slice_metrics` (PSNR, SSIM, mean FRC; data range 1,
-4 nm pixels) per test slice, mean ± std over the test slices of the folds run. Rows in
+4 nm pixels) per test slice, mean ± std over the test slices of the folds run. VOI
+(split + merge, bits) and ARAND against the challenge's labels
+(../shared/data/isbi2012/train-labels.tif; cells are the connected components of each
+section's interior) of one fixed segmentation pipeline per fold, applied alike to every
+method's output, as the workflow's rule ``segmenter``
+(:func:`emsrflow.segment.train_pipeline`: the affinity U-Net and thresholds of
+config.yaml's ``segmentation``, trained ``--segment-steps`` on the fold's 20 training
+HR slices and labels, its threshold chosen on them); the HR test slices' own VOI is
+the pipeline's ceiling. Rows in
 the order of the paper's Table 1: bicubic, EMSRNet, SwinIR, GPEMSR single-section,
 GPEMSR full; parameters: the trained ones (GPEMSR: Stage III, the frozen prior apart).
 
@@ -64,6 +72,8 @@ import torch
 import yaml
 from common import (
     METRICS,
+    SEGMENTATION_METRICS,
+    better,
     describe,
     final_row,
     fold_slices,
@@ -79,6 +89,7 @@ from common import (
 )
 
 from emsrflow import largefactor as L
+from emsrflow import segment
 from emsrflow.infer import predict_stack
 from emsrflow.io import open_volume, to_float01
 from emsrflow.resize import bicubic
@@ -87,6 +98,7 @@ from emsrflow.train import TrainSettings
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = ROOT.parent / "shared" / "data" / "isbi2012" / "train-volume.tif"
+LABELS_DATA = DATA.with_name("train-labels.tif")
 CONFIG = ROOT / "config" / "config.yaml"
 CROP = 512
 PIXEL_NM = 4.0
@@ -138,6 +150,8 @@ def report(record: dict) -> str:
     factors = [f for f in record["factors"] if str(f) in record["summary"]]
     methods = [m for m in METHODS if any(m in record["summary"][str(f)] for f in factors)]
     trained = [m for m in methods if m != "bicubic"]
+    bicubic_summary = record["summary"][str(factors[0])]["bicubic"]
+    metrics = METRICS + tuple(m for m in SEGMENTATION_METRICS if m in bicubic_summary)
     lines = [
         f"Large-factor SR on ISBI 2012 ({CROP}² HR, {PIXEL_NM:g} nm; LR by anti-aliased "
         f"bicubic), GPEMSR Table 1 layout: mean ± std over the test slices of folds "
@@ -145,7 +159,7 @@ def report(record: dict) -> str:
     ]
     header = (
         ["method"]
-        + [f"×{f} {m.upper()}" for f in factors for m in METRICS]
+        + [f"×{f} {m.upper()}" for f in factors for m in metrics]
         + ["params (trained)"]
         + [f"×{f} s/slice" for f in factors]
     )
@@ -154,7 +168,7 @@ def report(record: dict) -> str:
         row = [LABELS[method]]
         for f in factors:
             s = record["summary"][str(f)].get(method)
-            row.extend(mean_std_cell(s, m) for m in METRICS)
+            row.extend(mean_std_cell(s, m) for m in metrics)
         params = [record["params"][str(f)].get(method) for f in factors]
         row.append(" / ".join("-" if p is None else f"{p:,}" for p in params))
         for f in factors:
@@ -170,16 +184,17 @@ def report(record: dict) -> str:
         row = [LABELS[method]]
         for f in factors:
             summary = record["summary"][str(f)]
-            for m in METRICS:
+            for m in metrics:
                 if method not in summary:
                     row.append("-")
                     continue
                 diff = summary[method][m]["mean"] - summary["bicubic"][m]["mean"]
                 row.append(f"{diff:+.2f} dB" if m == "psnr" else f"{diff:+.3f}")
         gain_rows.append(row)
-    lines.append("Gain over bicubic (same test slices):")
+    lower = " VOI and ARAND: lower is better" if len(metrics) > len(METRICS) else ""
+    lines.append(f"Gain over bicubic (same test slices;{lower or ' higher is better'}):")
     lines.append(
-        table(gain_rows, ["method"] + [f"×{f} {m.upper()}" for f in factors for m in METRICS])
+        table(gain_rows, ["method"] + [f"×{f} {m.upper()}" for f in factors for m in metrics])
     )
     lines.append("")
     losses = []
@@ -191,8 +206,8 @@ def report(record: dict) -> str:
             lost = [
                 f"{m.upper()} {summary[method][m]['mean']:.3f} vs "
                 f"{summary['bicubic'][m]['mean']:.3f}"
-                for m in METRICS
-                if not summary[method][m]["mean"] > summary["bicubic"][m]["mean"]
+                for m in metrics
+                if not better(m, summary[method][m]["mean"], summary["bicubic"][m]["mean"])
             ]
             if lost:
                 losses.append(f"  ×{f} {LABELS[method]}: {'; '.join(lost)}")
@@ -201,6 +216,16 @@ def report(record: dict) -> str:
         lines.extend(losses)
     else:
         lines.append("Every trained method beats bicubic on every metric and factor run.")
+    if record.get("segmentation"):
+        hr_scores = record["segmentation"]
+        lines.append(
+            "Segmentation of the HR test slices themselves (the pipeline's ceiling): "
+            + "; ".join(
+                f"fold {fold} VOI {v['hr_voi']:.3f}, ARAND {v['hr_arand']:.3f} "
+                f"(threshold {v['threshold']:g})"
+                for fold, v in hr_scores.items()
+            )
+        )
     for f in factors:  # GPEMSR against the single-image baselines
         summary = record["summary"][str(f)]
         for method in GPEMSR:
@@ -270,6 +295,13 @@ def main() -> int:
         "the paper's: 32 at 8×, 16 at 16×",
     )
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (all stages)")
+    parser.add_argument(
+        "--segment-steps",
+        type=int,
+        default=None,
+        help="training steps of the fold's affinity U-Net (VOI, ARAND; default 1500; "
+        "0: no segmentation metrics); its other settings are config.yaml's segmentation",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
@@ -296,7 +328,18 @@ def main() -> int:
             f"--patch {patch} must be a multiple of 16 and --lr-patch {args.lr_patch} of 4"
         )
     specs = network_specs(BASELINES, args.baselines, args.spec, parser, "--baselines")
-    config = yaml.safe_load(args.config.read_text())["largefactor"]
+    full_config = yaml.safe_load(args.config.read_text())
+    config = full_config["largefactor"]
+    segment_steps = args.segment_steps
+    if segment_steps is None:
+        segment_steps = 4 if args.quick else 1500
+    segmentation = None
+    if segment_steps:
+        options = full_config["segmentation"]
+        segmentation = {
+            **options,
+            "settings": {**options["settings"], "steps": segment_steps, "device": args.device},
+        }
     # The workflow's baseline settings (rule gp_train_baseline: real pairs, loss ℓ1) with
     # this benchmark's budget and LR patch.
     baseline_base = {
@@ -325,6 +368,11 @@ def main() -> int:
     z, h, w = volume.shape
     y0, x0 = (h - CROP) // 2, (w - CROP) // 2
     hr = np.ascontiguousarray(to_float01(volume[:, y0 : y0 + CROP, x0 : x0 + CROP]), np.float32)
+    instances = None
+    if segmentation:
+        with open_volume(str(LABELS_DATA)) as reader:
+            labels = reader.read()[:, y0 : y0 + CROP, x0 : x0 + CROP]
+        instances, linked = segment.as_instances(labels)
     fold_size = z // 3
     info = machine(args.device)
     print(describe(info))
@@ -389,6 +437,8 @@ def main() -> int:
         "per_slice": {},
         "runs": [],
         "summary": {},
+        "segmentation": {},
+        "segmentation_settings": segmentation,
         "complete": False,
         "machine": info,
     }
@@ -419,6 +469,38 @@ def main() -> int:
             seconds1 = time.perf_counter() - tic
             l1 = final_row(work / "stage1.csv")["l1"]
             print(f"fold {fold}: Stage I {seconds1:.0f} s (L1 {l1:.4f})", flush=True)
+            truth = segmenting = None
+            if segmentation:
+                tic = time.perf_counter()
+                net, calibration = segment.train_pipeline(
+                    [hr_train],
+                    [np.ascontiguousarray(instances[trainset])],
+                    segmentation,
+                    linked=linked,
+                    checkpoint=work / "segmenter.pt",
+                )
+                keys = ("threshold", "tile", "overlap", "in_plane")
+                segmenting = {"net": net, **{k: calibration[k] for k in keys}}
+                truth = instances[test]
+                hr_rows = score(
+                    hr_test,
+                    hr_test,
+                    pixel_nm=PIXEL_NM,
+                    labels=truth,
+                    segmentation=segment.segment_volume(volume=hr_test, **segmenting),
+                )
+                record["segmentation"][str(fold)] = {
+                    **calibration,
+                    "train_seconds": time.perf_counter() - tic,
+                    "hr_voi": float(np.mean([r["voi"] for r in hr_rows])),
+                    "hr_arand": float(np.mean([r["arand"] for r in hr_rows])),
+                }
+                print(
+                    f"fold {fold}: affinity U-Net and threshold "
+                    f"{calibration['threshold']:g} in {time.perf_counter() - tic:.0f} s; "
+                    f"HR test slices VOI {record['segmentation'][str(fold)]['hr_voi']:.3f}",
+                    flush=True,
+                )
             for f in factors:
                 key = str(f)
                 lr_all = L.downsample_bicubic(hr, f)
@@ -513,7 +595,12 @@ def main() -> int:
                     )
                 per_slice = record["per_slice"].setdefault(key, {})
                 for name, sr in outputs.items():
-                    rows = score(hr_test, sr, pixel_nm=PIXEL_NM)
+                    segments = None
+                    if segmenting:
+                        segments = segment.segment_volume(volume=sr, **segmenting)
+                    rows = score(
+                        hr_test, sr, pixel_nm=PIXEL_NM, labels=truth, segmentation=segments
+                    )
                     for index, row in zip(test.tolist(), rows, strict=True):
                         per_slice.setdefault(name, []).append({"slice": index, **row})
                 line = ", ".join(

@@ -21,17 +21,9 @@ for hr_path, labels_spec in zip(inp.hr, p.labels, strict=True):
         images.append(io.to_float01(hr.read()))
         instances, linked = segment.as_instances(nearest(truth.read(), hr.shape[1:]))
         labels.append(instances)  # on the HR grid; binary labels: components per section
-options, in_plane = p.segmentation, not linked
-settings = segment.Settings.from_dict({**options["settings"], "z_affinity": linked})
-torch.manual_seed(settings.seed)  # the initial weights, as the rest of training, are seeded
-net = segment.AffinityUNet(**options["net"])
-log.info("training on %d labelled volumes, %d steps", len(images), settings.steps)
-net, _ = segment.train_affinity_net(
-    images, labels, settings, net=net, checkpoint=out.model, curve=out.curve
-)
-tiling = {"tile": options["tile"], "overlap": options["overlap"]}
-calibration = segment.calibrate_threshold(
-    net, images, labels, thresholds=options["thresholds"], in_plane=in_plane, **tiling
+log.info("training on %d labelled volumes", len(images))
+net, calibration = segment.train_pipeline(
+    images, labels, p.segmentation, linked=linked, checkpoint=out.model, curve=out.curve
 )
 log.info(
     "threshold %.2f (VOI %s over %s)",
@@ -40,4 +32,4 @@ log.info(
     calibration["thresholds"],
 )
 with io.atomic_output(out.calibration) as tmp:
-    tmp.write_text(json.dumps({**calibration, **tiling}, indent=2))
+    tmp.write_text(json.dumps(calibration, indent=2))

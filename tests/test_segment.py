@@ -267,6 +267,28 @@ def test_training_lowers_loss_and_clean_segments_better(phantom_volume, tmp_path
         torch.testing.assert_close(loaded(probe), net.cpu()(probe))
 
 
+def test_train_pipeline_gives_the_keywords_of_segment_volume(phantom_volume, tmp_path):
+    image, labels = (v[:, :64, :64] for v in phantom_volume)
+    options = {
+        "net": {"channels": 4, "levels": 2},
+        "settings": {"steps": 6, "batch": 1, "patch": [4, 32, 32], "seed": 0, "device": "cpu"},
+        "thresholds": [0.3, 0.5],
+        "tile": [12, 64, 64],
+        "overlap": [0, 16, 16],
+    }
+    net, calibration = seg.train_pipeline(
+        [image], [labels], options, linked=False, checkpoint=tmp_path / "net.pt"
+    )
+    assert (tmp_path / "net.pt").exists()
+    assert calibration["threshold"] in (0.3, 0.5) and len(calibration["voi"]) == 2
+    assert calibration["in_plane"] and calibration["tile"] == [12, 64, 64]
+    keywords = {k: calibration[k] for k in ("threshold", "tile", "overlap", "in_plane")}
+    segments = seg.segment_volume(net, image, **keywords)
+    assert segments.shape == image.shape
+    best = sum(sum(metrics.voi(t, s)) for t, s in zip(labels, segments, strict=True))
+    assert best / len(labels) == pytest.approx(min(calibration["voi"]), abs=1e-3)
+
+
 # ---------------------------------------------------------------------------------------
 # ISBI 2012
 

@@ -1282,3 +1282,53 @@ def calibrate_threshold(
         "voi": [round(float(v), 4) for v in means],
         "in_plane": bool(in_plane),
     }
+
+
+def train_pipeline(
+    images: Any,
+    labels: Any,
+    options: dict[str, Any],
+    *,
+    linked: bool,
+    checkpoint: str | os.PathLike,
+    curve: str | os.PathLike | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the fixed segmentation pipeline of a fold: an affinity U-Net, its threshold.
+
+    Trains :class:`AffinityUNet` on labelled reference volumes
+    (:func:`train_affinity_net`, seeded), then chooses its agglomeration threshold on the
+    same volumes (:func:`calibrate_threshold`).
+
+    Parameters
+    ----------
+    images, labels : array_like or sequence of array_like
+        Reference volumes (intensities in [0, 1]) and their instance labels
+        (:func:`as_instances`).
+    options : dict
+        The config's ``segmentation`` mapping: ``net`` (:class:`AffinityUNet` keywords),
+        ``settings`` (:class:`Settings`), ``thresholds``, ``tile`` and ``overlap``.
+    linked : bool
+        Whether the labels link sections (3D instances; :func:`as_instances`); if not,
+        no z affinity is trained and every section is segmented on its own.
+    checkpoint, curve : path-like
+        The network's checkpoint (resumed when present) and loss curve CSV.
+
+    Returns
+    -------
+    net : torch.nn.Module
+        The trained network.
+    calibration : dict
+        :func:`calibrate_threshold`'s result with ``tile`` and ``overlap``: the keywords
+        of :func:`segment_volume` besides the network and the volume.
+    """
+    settings = Settings.from_dict({**options["settings"], "z_affinity": linked})
+    torch.manual_seed(settings.seed)  # the initial weights, as the rest of training
+    net = AffinityUNet(**options["net"])
+    net, _ = train_affinity_net(
+        images, labels, settings, net=net, checkpoint=checkpoint, curve=curve
+    )
+    tiling = {"tile": options["tile"], "overlap": options["overlap"]}
+    calibration = calibrate_threshold(
+        net, images, labels, thresholds=options["thresholds"], in_plane=not linked, **tiling
+    )
+    return net, {**calibration, **tiling}
