@@ -265,17 +265,16 @@ def score(
         raise ValueError("score needs both the labels and the segmentation, or neither")
     rows = []
     for index, (reference, prediction) in enumerate(zip(hr, sr, strict=True)):
-        truth = None if labels is None else (labels[index], segmentation[index])
         m = slice_metrics(
             reference,
             prediction,
             data_range=1.0,
             pixel_nm=pixel_nm,
-            labels=None if truth is None else truth[0],
-            segmentation=None if truth is None else truth[1],
+            labels=None if labels is None else labels[index],
+            segmentation=None if segmentation is None else segmentation[index],
         )
         row = {k: m[k] for k in (*METRICS, "frc_resolution_nm", "status")}
-        if truth is not None:
+        if labels is not None:
             row.update(
                 voi_split=m["voi_split"],
                 voi_merge=m["voi_merge"],

@@ -92,6 +92,7 @@ from emsrflow import largefactor as L
 from emsrflow import segment
 from emsrflow.infer import predict_stack
 from emsrflow.io import open_volume, to_float01
+from emsrflow.metrics import adapted_rand_error, voi
 from emsrflow.resize import bicubic
 from emsrflow.train import TrainSettings
 
@@ -191,8 +192,8 @@ def report(record: dict) -> str:
                 diff = summary[method][m]["mean"] - summary["bicubic"][m]["mean"]
                 row.append(f"{diff:+.2f} dB" if m == "psnr" else f"{diff:+.3f}")
         gain_rows.append(row)
-    lower = " VOI and ARAND: lower is better" if len(metrics) > len(METRICS) else ""
-    lines.append(f"Gain over bicubic (same test slices;{lower or ' higher is better'}):")
+    direction = "VOI and ARAND: lower" if len(metrics) > len(METRICS) else "higher"
+    lines.append(f"Gain over bicubic (same test slices; {direction} is better):")
     lines.append(
         table(gain_rows, ["method"] + [f"×{f} {m.upper()}" for f in factors for m in metrics])
     )
@@ -479,21 +480,16 @@ def main() -> int:
                     linked=linked,
                     checkpoint=work / "segmenter.pt",
                 )
-                keys = ("threshold", "tile", "overlap", "in_plane")
-                segmenting = {"net": net, **{k: calibration[k] for k in keys}}
+                segmenting = {"net": net, **segment.segment_keywords(calibration)}
                 truth = instances[test]
-                hr_rows = score(
-                    hr_test,
-                    hr_test,
-                    pixel_nm=PIXEL_NM,
-                    labels=truth,
-                    segmentation=segment.segment_volume(volume=hr_test, **segmenting),
+                pairs_hr = list(
+                    zip(truth, segment.segment_volume(volume=hr_test, **segmenting), strict=True)
                 )
                 record["segmentation"][str(fold)] = {
                     **calibration,
                     "train_seconds": time.perf_counter() - tic,
-                    "hr_voi": float(np.mean([r["voi"] for r in hr_rows])),
-                    "hr_arand": float(np.mean([r["arand"] for r in hr_rows])),
+                    "hr_voi": float(np.mean([sum(voi(t, s)) for t, s in pairs_hr])),
+                    "hr_arand": float(np.mean([adapted_rand_error(t, s) for t, s in pairs_hr])),
                 }
                 print(
                     f"fold {fold}: affinity U-Net and threshold "

@@ -33,7 +33,7 @@ if segmenter:
     torch.set_num_threads(snakemake.threads)  # the same sums wherever the job runs
     net = segment.load_affinity_net(segmenter)
     calibration = json.loads(open(snakemake.input.calibration).read())
-    segmenting = {k: calibration[k] for k in ("threshold", "tile", "overlap", "in_plane")}
+    segmenting = segment.segment_keywords(calibration)
     log.info("segmenting with %s at threshold %g", segmenter, segmenting["threshold"])
 rows = []
 with contextlib.ExitStack() as stack:

@@ -1318,8 +1318,8 @@ def train_pipeline(
     net : torch.nn.Module
         The trained network.
     calibration : dict
-        :func:`calibrate_threshold`'s result with ``tile`` and ``overlap``: the keywords
-        of :func:`segment_volume` besides the network and the volume.
+        :func:`calibrate_threshold`'s result with ``tile`` and ``overlap``; its
+        :func:`segment_keywords` are those of :func:`segment_volume`.
     """
     settings = Settings.from_dict({**options["settings"], "z_affinity": linked})
     torch.manual_seed(settings.seed)  # the initial weights, as the rest of training
@@ -1332,3 +1332,11 @@ def train_pipeline(
         net, images, labels, thresholds=options["thresholds"], in_plane=not linked, **tiling
     )
     return net, {**calibration, **tiling}
+
+
+def segment_keywords(calibration: dict[str, Any]) -> dict[str, Any]:
+    """Pick the keywords of :func:`segment_volume` out of a :func:`train_pipeline` calibration.
+
+    They are ``threshold``, ``tile``, ``overlap`` and ``in_plane``.
+    """
+    return {k: calibration[k] for k in ("threshold", "tile", "overlap", "in_plane")}
