@@ -3,6 +3,7 @@
 import pandas as pd
 
 from emsrflow import io
+from emsrflow.perceptual import PERCEPTUAL_METRICS
 from emsrflow.runlog import rule_logger
 from emsrflow.tables import METRICS, SEGMENTATION_METRICS, aggregate
 
@@ -27,6 +28,8 @@ with io.atomic_output(out.parquet) as tmp:
 with io.atomic_output(out.csv) as tmp:
     slices.to_csv(tmp, index=False)
 with io.atomic_output(out.summary) as tmp:
-    # VOI and ARAND where some dataset has ground-truth labels (NaN for the others).
-    metrics = [*METRICS, *(m for m in SEGMENTATION_METRICS if m in slices.columns)]
+    # VOI and ARAND where some dataset has ground-truth labels (NaN for the others), LPIPS
+    # and DISTS where their weights were configured (rule gp_evaluate).
+    extra = (*SEGMENTATION_METRICS, *PERCEPTUAL_METRICS)
+    metrics = [*METRICS, *(m for m in extra if m in slices.columns)]
     aggregate(slices, metrics=metrics).to_csv(tmp, sep="\t", index=False, na_rep="nan")

@@ -11,16 +11,22 @@ prediction is segmented and scored against them (VOI split and merge, adapted Ra
 The segmentation is the fold's fixed pipeline where ``input.segmenter`` is given (rule
 ``segmenter``: affinities of a slab of predicted sections, watershed and agglomeration at
 the calibrated threshold), else the membrane watershed of each section.
+
+``params.perceptual`` (optional; rule gp_evaluate) maps ``lpips`` and ``dists`` to their
+local weight files (:func:`emsrflow.perceptual.load_perceptual`): each is scored per
+section too, on the prediction clipped to [0, 1].
 """
 
 import contextlib
 import json
 
+import numpy as np
 import pandas as pd
 import torch
 
 from emsrflow import io, segment
 from emsrflow.metrics import slice_metrics
+from emsrflow.perceptual import load_perceptual, score_slice
 from emsrflow.resize import nearest
 from emsrflow.runlog import rule_logger
 
@@ -35,6 +41,12 @@ if segmenter:
     calibration = json.loads(open(snakemake.input.calibration).read())
     segmenting = segment.segment_keywords(calibration)
     log.info("segmenting with %s at threshold %g", segmenter, segmenting["threshold"])
+perceptual = {
+    name: load_perceptual(name, spec) for name, spec in getattr(p, "perceptual", {}).items()
+}
+if perceptual:
+    torch.set_num_threads(snakemake.threads)
+    log.info("perceptual metrics from local weights: %s", p.perceptual)
 rows = []
 with contextlib.ExitStack() as stack:
     sr, hr = (
@@ -73,6 +85,8 @@ with contextlib.ExitStack() as stack:
                 labels=lab,
                 segmentation=seg,
             )
+            for name, metric in perceptual.items():
+                metrics[name] = score_slice(metric, ref, np.clip(pred, 0.0, 1.0))
             rows.append({**p.meta, "slice": index, **metrics})
 table = pd.DataFrame(rows)
 ok = table.status == "ok"

@@ -4,8 +4,9 @@ GPEMSR variants: :func:`emsrflow.largefactor.predict_volume` (section z from sec
 z − 2 … z + 2, tiled); bicubic and the trained baselines:
 :func:`emsrflow.infer.predict_stack` slab by slab (as the rule infer). The JSON output
 holds the trainable parameters (GPEMSR: those optimised in Stage III, the frozen prior
-excluded, as the paper counts them) and the seconds per slice of the whole run after the
-model is loaded (reading the LR and writing the SR included).
+excluded, as the paper counts them), the seconds per slice of the whole run after the
+model is loaded (reading the LR and writing the SR included) and, for GPEMSR, what
+replaces the paper's pretrained networks (:meth:`emsrflow.archs.gpemsr.GPEMSR.stand_ins`).
 """
 
 import json
@@ -62,6 +63,7 @@ cost = {
     "seconds_per_slice": seconds / shape[0],
     "device": str(resolve_device(options["device"])),
     "precision": options["precision"],
+    "stand_ins": model.stand_ins() if p.spec["type"] == "gpemsr" else {},
 }
 log.info("%s", cost)
 with io.atomic_output(out.cost) as tmp:

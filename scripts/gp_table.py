@@ -2,10 +2,12 @@
 
 Rows are methods (Table 1) or Stage III variants (Table 5); per factor, the columns are
 the metrics (:func:`emsrflow.tables.metric_table` of the factor's summary, transposed:
-ranked among the rows), LPIPS and DISTS ("not available": they need pretrained ImageNet
-networks) and for Table 1 the trainable parameters and seconds per slice
-(:func:`emsrflow.tables.cost_table` of the rule gp_infer's timings). Values: the one
-held-out dataset's mean ± std over slices, or ALL DATASETS (over the dataset means).
+ranked among the rows), the perceptual metrics of ``params.perceptual`` (LPIPS, DISTS:
+"not available" unless their local weights were configured) and, with
+``params.cost_columns``, the trainable parameters and seconds per slice
+(:func:`emsrflow.tables.cost_table` of the rule gp_infer's records). Values: the one
+held-out dataset's mean ± std over slices, or ALL DATASETS (over the dataset means). The
+caption names what replaces the paper's pretrained networks (the records' stand-ins).
 """
 
 import json
@@ -16,10 +18,12 @@ from emsrflow import io
 from emsrflow.runlog import rule_logger
 from emsrflow.tables import ALL_DATASETS, PaperTable, cost_table, metric_table
 
+PERCEPTUAL = {"lpips": "LPIPS ↓", "dists": "DISTS ↓"}
+
 log = rule_logger(snakemake.log[0], snakemake.rule)
 p, inp = snakemake.params, snakemake.input
-costs = pd.DataFrame([json.loads(open(path).read()) for path in getattr(inp, "costs", [])])
-unavailable = ["LPIPS ↓", "DISTS ↓"] if costs.size else ["LPIPS ↓"]
+records = [json.loads(open(path).read()) for path in inp.costs]
+costs = pd.DataFrame(records)
 cells, ranks = [], []
 for factor, path in zip(p.factors, inp.summaries, strict=True):
     summary = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["nan", "NaN"])
@@ -28,10 +32,13 @@ for factor, path in zip(p.factors, inp.summaries, strict=True):
     row = datasets[0] if len(datasets) == 1 else ALL_DATASETS
     metrics = {m: rule for m, rule in p.metrics.items() if f"{m}_mean" in summary}
     table = metric_table(summary, metrics, columns="method", dataset=row)
-    part, rank = table.cells.T.reindex(list(p.methods)), table.ranks.T.reindex(list(p.methods))
-    for name in unavailable:
-        part[name], rank[name] = "not available", 0
-    if costs.size:
+    names = {f"{m} ↓": label for m, label in PERCEPTUAL.items()}
+    part = table.cells.T.reindex(list(p.methods)).rename(columns=names)
+    rank = table.ranks.T.reindex(list(p.methods)).rename(columns=names)
+    for name in p.perceptual:
+        if PERCEPTUAL[name] not in part:
+            part[PERCEPTUAL[name]], rank[PERCEPTUAL[name]] = "not available", 0
+    if p.cost_columns:
         cost = cost_table(costs[costs.factor == factor], parameter_decimals=4)
         part[["Params/M", "s/slice ↓"]] = cost.cells.T.reindex(list(p.methods)).to_numpy()
         rank[["Params/M", "s/slice ↓"]] = cost.ranks.T.reindex(list(p.methods)).to_numpy()
@@ -41,9 +48,15 @@ for factor, path in zip(p.factors, inp.summaries, strict=True):
 spread = (
     f"{datasets[0]}, over slices" if len(datasets) == 1 else f"over {len(datasets)} dataset means"
 )
+stand_ins = {}
+for record in records:
+    for part, text in (record.get("stand_ins") or {}).items():
+        if text:
+            stand_ins.setdefault(part, set()).add(text)
+note = "; ".join(f"{part}: {' / '.join(sorted(texts))}" for part, texts in stand_ins.items())
 labels = pd.Index([p.methods[m] for m in p.methods], dtype=object)
 table = PaperTable(
-    title=f"{p.title} ({spread})",
+    title=f"{p.title} ({spread})" + (f". The paper's pretrained networks: {note}" if note else ""),
     cells=pd.concat(cells, axis=1).set_axis(labels),
     ranks=pd.concat(ranks, axis=1).set_axis(labels),
     row_header="Method",

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from emsrflow.archs import gpemsr as G
+from emsrflow.archs.backbones import Backbone
 from emsrflow.archs.registry import build_network
+from emsrflow.archs.spynet import SPyNet, load_spynet_weights
 
 # Tiny Stage I/II architecture: five scales (compression p = 16) of 8 channels.
 PRIOR = {
@@ -194,10 +196,10 @@ def test_flow_estimators_recover_translations():
         G.section_flows(stack, "spynet")
 
 
-def test_pod_with_the_true_flow_aligns_a_shifted_section():
-    # A fresh POD (zero-initialised offset convolutions) with flow_guided samples the
-    # neighbour at p + flow: aligned with the true flow, the shifted section's features
-    # match the centre's aligned to itself, away from the borders.
+def pod_alignments(centre, shifted, flow, backward=None):
+    """A fresh POD (zero-initialised offset convolutions, flow-guided) and a small
+    feature pyramid: the centre aligned to itself, the shifted section aligned with
+    ``flow``, and the shifted section aligned with zero flow."""
     torch.manual_seed(0)
     c = 8
     pod = G.POD(c, deform_groups=2)
@@ -210,19 +212,131 @@ def test_pod_with_the_true_flow_aligns_a_shifted_section():
             levels.append(down(levels[-1]))
         return levels
 
+    zero = torch.zeros_like(flow)
+    with torch.no_grad():
+        target = pod(pyramid(centre), pyramid(centre), centre, centre, zero)
+        aligned = pod(pyramid(shifted), pyramid(centre), shifted, centre, flow, backward)
+        unaligned = pod(pyramid(shifted), pyramid(centre), shifted, centre, zero)
+    return target, aligned, unaligned
+
+
+def test_pod_with_the_true_flow_aligns_a_shifted_section():
+    # A fresh POD with flow_guided samples the neighbour at p + flow: aligned with the
+    # true flow, the shifted section's features match the centre's aligned to itself,
+    # away from the borders.
     centre = texture(64)[..., 24:88, 24:88]
     shifted = torch.roll(centre, shifts=(-4, 8), dims=(-2, -1))  # shifted(p) = centre(p − (8, −4))
     true_flow = torch.tensor([8.0, -4.0])[None, :, None, None].expand(1, 2, 64, 64)
-    zero = torch.zeros(1, 2, 64, 64)
-    with torch.no_grad():
-        target = pod(pyramid(centre), pyramid(centre), centre, centre, zero)
-        aligned = pod(pyramid(shifted), pyramid(centre), shifted, centre, true_flow)
-        unaligned = pod(pyramid(shifted), pyramid(centre), shifted, centre, zero)
+    target, aligned, unaligned = pod_alignments(centre, shifted, true_flow)
     # borders, the roll's seam and the pyramid's zero padding spread over 3 levels
     inner = (..., slice(24, -24), slice(24, -24))
     error = (aligned - target)[inner].abs().max()
     before = (unaligned - target)[inner].abs().mean()
     assert error < 1e-6 and before > 0.2 * target[inner].abs().mean()
+
+
+def test_pod_with_the_estimated_flow_aligns_a_shifted_section():
+    # Section-to-section misalignment of a few LR pixels: the Lucas–Kanade flow that
+    # GPEMSR estimates itself brings the shifted section's aligned features to the
+    # centre's, far closer than no alignment.
+    big = texture(64, border=40)
+    centre = big[..., 32:96, 32:96]
+    shifted = big[..., 30:94, 35:99]  # shifted(p + (−3, 2)) = centre(p)
+    stack = torch.cat([shifted, shifted, centre, shifted, shifted], 1)
+    flow, backward = G.section_flows(stack, "lk")
+    target, aligned, unaligned = pod_alignments(centre, shifted, flow[:, 0], backward[:, 0])
+    inner = (..., slice(16, -16), slice(16, -16))
+    after = (aligned - target)[inner].abs().mean()
+    before = (unaligned - target)[inner].abs().mean()
+    assert after < 0.1 * before
+
+
+SPYNET_KEYS = {
+    f"basic_module.{level}.basic_module.{index}.{kind}": shape
+    for level in range(6)
+    for index, shape in zip(
+        (0, 2, 4, 6, 8), ((32, 8), (64, 32), (32, 64), (16, 32), (2, 16)), strict=True
+    )
+    for kind, shape in (("weight", (*shape, 7, 7)), ("bias", shape[:1]))
+}
+
+
+def test_spynet_has_basicsrs_layout_and_starts_at_zero_flow(tmp_path):
+    net = SPyNet()
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == SPYNET_KEYS
+    ref, supp = texture(40, seed=1)[..., :40, :50], texture(40, seed=2)[..., :40, :50]
+    assert not net(ref, supp).any() and net(ref, supp).shape == (1, 2, 40, 50)
+    # A file as BasicSR writes it (under "params", with its ImageNet constants) loads.
+    state = {k: torch.randn(v) for k, v in SPYNET_KEYS.items()}
+    path = tmp_path / "spynet.pth"
+    torch.save({"params": {**state, "mean": torch.zeros(1, 3, 1, 1)}}, path)
+    loaded = load_spynet_weights(SPyNet(), path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    assert not any(p.requires_grad for p in loaded.parameters())
+    with pytest.raises(ValueError, match=r"missing\.pth"):
+        load_spynet_weights(SPyNet(), tmp_path / "missing.pth")
+    torch.save({k: v for k, v in state.items() if "5.basic" not in k}, path)
+    with pytest.raises(ValueError, match=r"spynet.pth lacks the keys basic_module\.5"):
+        load_spynet_weights(SPyNet(), path)
+    torch.save({**state, "basic_module.0.basic_module.0.bias": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match=r"spynet\.pth holds tensors of the wrong shape"):
+        load_spynet_weights(SPyNet(), path)
+
+
+def test_spynet_flows_reach_the_lr_grid_in_lr_pixels():
+    # A SPyNet whose finest level adds a constant (x, y) = (8, −4) on the 4× upsampled
+    # sections (64², SPyNet's own grid) gives GPEMSR flows of (2, −1) LR pixels, zero
+    # for the centre; 64 × 112, resized to 64 × 128, gets x = 8 · 112/128 = 7 (BasicSR's).
+    net = tiny("gpemsr", 8, flow="spynet").eval()
+    last = net.spynet.basic_module[-1].basic_module[-1]
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([8.0, -4.0]))
+    for (h, w), (x, y) in (((16, 16), (2.0, -1.0)), ((16, 28), (1.75, -1.0))):
+        forward, backward = net._flows(torch.rand(1, 5, h, w))
+        assert forward.shape == backward.shape == (1, 5, 2, h, w)
+        expected = torch.tensor([x, y])[:, None, None].expand(2, h, w)
+        for t in (0, 1, 3, 4):
+            torch.testing.assert_close(forward[0, t], expected)
+        assert not forward[0, 2].any() and not backward[0, 2].any()
+
+
+def test_spynet_trains_end_to_end_or_stays_frozen_when_loaded(tmp_path):
+    net = tiny("gpemsr", 16, flow="spynet")
+    net(torch.rand(1, 5, 4, 4)).mean().backward()
+    grads = [p.grad for p in net.spynet.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    path = tmp_path / "spynet.pth"
+    torch.save({k: 0.01 * torch.randn(v) for k, v in SPYNET_KEYS.items()}, path)
+    frozen = tiny("gpemsr", 16, flow="spynet", spynet_weights=str(path)).load_pretrained()
+    assert frozen.spec["spynet_weights"] == str(path)
+    assert not any(p.requires_grad for p in frozen.spynet.parameters())
+    assert "SPyNet from" in frozen.stand_ins()["flow"]
+    assert "trained end to end" in net.stand_ins()["flow"]
+    with pytest.raises(ValueError, match="spynet_weights"):
+        tiny("gpemsr", 16, spynet_weights=str(path))
+
+
+def test_vgg19_features_from_a_local_file(tmp_path):
+    with pytest.raises(ValueError, match="needs vgg19_weights"):
+        tiny("gpemsr", 16, features="vgg19")
+    path = tmp_path / "vgg19.pth"
+    weights = {
+        f"features.{k}": 0.1 * torch.randn(v.shape)
+        for k, v in Backbone("vgg19").features.state_dict().items()
+    }
+    torch.save({**weights, "classifier.0.weight": torch.zeros(2, 2)}, path)
+    net = tiny("gpemsr", 16, features="vgg19", vgg19_weights=str(path)).load_pretrained()
+    assert torch.equal(net.vgg.features[0].weight, weights["features.0.weight"])
+    assert trainable(net.vgg) == 0 and trainable(net) == trainable(tiny("gpemsr", 16))
+    x = torch.rand(2, 1, 32, 32)
+    assert net.feature_maps(x, 0).shape == (2, 64, 32, 32)
+    assert net.feature_maps(x, 2).shape == (2, 256, 8, 8)
+    assert "vgg19.pth" in net.stand_ins()["features"]
+    assert "Stage I encoder" in tiny("gpemsr", 16).stand_ins()["features"]
+    total, terms = G.gpemsr_objective(net.train(), torch.rand(1, 5, 4, 4), torch.rand(1, 1, 64, 64))
+    total.backward()
+    assert torch.isfinite(terms).all() and terms[1] > 0
+    assert all(p.grad is None for p in net.vgg.parameters())
 
 
 # ---------------------------------------------------------------------------------------

@@ -143,6 +143,8 @@ def test_settings_validation_names_the_field():
         L.CodebookSettings(r1_every=0)
     with pytest.raises(ValueError, match="'scale'"):
         L.IndexerSettings(scale=12)
+    with pytest.raises(ValueError, match=r"'patch'.*multiple of 64.*got 32"):
+        L.IndexerSettings(scale=16, patch=32)  # an LR patch of 2 pixels
     with pytest.raises(ValueError, match="'fidelity_weight'"):
         L.ReconstructionSettings(fidelity_weight=-1)
     with pytest.raises(ValueError, match=r"unknown training setting.*'critic_lrr'"):

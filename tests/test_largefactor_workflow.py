@@ -9,10 +9,13 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from emsrflow import io
 from emsrflow.archs import build_network
+from emsrflow.archs.backbones import Backbone
+from emsrflow.train import load_model
 
 pytestmark = pytest.mark.workflow
 
@@ -63,6 +66,7 @@ TINY = {
 }
 TARGETS = ["results/tables/largefactor_table1.html", "results/tables/largefactor_table5.html"]
 METHODS = ["bicubic", "emsrnet", "gpemsr_single", "gpemsr_full", "gpemsr_no_mpf"]
+ALEX = (64, 192, 384, 256, 256)  # LPIPS's AlexNet taps
 
 
 def snakemake(workdir, *args, config=None):
@@ -94,10 +98,34 @@ def make_study(workdir, **largefactor):
     return workdir / "config.yaml"
 
 
+def write_pretrained(folder):
+    """Random weights in the layouts of torchvision's VGG19 and AlexNet and of LPIPS's
+    calibration: they test the plumbing, not the features."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    for name in ("vgg19", "alexnet"):
+        features = Backbone(name).features.state_dict()
+        torch.save({f"features.{k}": v for k, v in features.items()}, folder / f"{name}.pth")
+    lins = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(ALEX)}
+    torch.save(lins, folder / "lpips_alex.pth")
+    return {
+        "vgg19": "pretrained/vgg19.pth",
+        "spynet": None,
+        "lpips": {
+            "net": "alex",
+            "backbone": "pretrained/alexnet.pth",
+            "calibration": "pretrained/lpips_alex.pth",
+        },
+        "dists": {"backbone": None, "calibration": None},
+    }
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
+    # VGG19 features and LPIPS from local files; SPyNet and DISTS left to their stand-ins.
     workdir = tmp_path_factory.mktemp("largefactor")
-    result = snakemake(workdir, *TARGETS, config=make_study(workdir))
+    pretrained = write_pretrained(workdir / "pretrained")
+    result = snakemake(workdir, *TARGETS, config=make_study(workdir, pretrained=pretrained))
     assert result.returncode == 0, result.stdout[-6000:]
     return workdir
 
@@ -192,6 +220,15 @@ def test_outputs_have_the_hr_shape_and_are_timed(study):
             cost = json.loads(sr_file.with_suffix("").with_suffix(".json").read_text())
             assert cost["seconds_per_slice"] > 0 and cost["sections"] == hr.shape[0]
             assert (cost["parameters"] is None) == (method == "bicubic")
+            stand_ins = cost["stand_ins"]
+            if method.startswith("gpemsr") and method != "gpemsr_no_mpf":
+                assert "VGG19" in stand_ins["features"] and "vgg19.pth" in stand_ins["features"]
+            if method == "gpemsr_full":
+                assert "Lucas–Kanade" in stand_ins["flow"]
+            if not method.startswith("gpemsr"):
+                assert stand_ins == {}
+    spec = load_model(study / "results/models/largefactor/brain1/x16/gpemsr_full/model.pt").spec
+    assert spec["features"] == "vgg19" and spec["vgg19_weights"] == "pretrained/vgg19.pth"
 
 
 def test_tables_hold_every_method_factor_and_metric(study):
@@ -200,19 +237,25 @@ def test_tables_hold_every_method_factor_and_metric(study):
         summary = pd.read_csv(tables / f"largefactor_x{factor}_summary.tsv", sep="\t")
         assert set(summary.method) == set(METHODS)
         assert summary.arand_mean.notna().all()  # the phantom has labels
+        assert summary.lpips_mean.notna().all() and "dists_mean" not in summary
+        voi = summary.voi_split_mean + summary.voi_merge_mean
+        np.testing.assert_allclose(summary.voi_mean, voi, rtol=1e-6)
     table1 = (tables / "largefactor_table1.md").read_text()
     for text in ("Bicubic", "GPEMSR (single section)", "GPEMSR", "emsrnet"):
         assert f"| {text} |" in table1.replace("\\", "")
     for text in (
         "16× psnr ↑",
         "16× arand ↓",
+        "16× voi ↓",
         "16× LPIPS ↓",
         "16× DISTS ↓",
         "16× Params/M",
         "16× s/slice ↓",
     ):
         assert text in table1.replace("\\", ""), text
-    assert "not available" in table1
+    # DISTS alone is not available; the caption names the stand-ins and the local file.
+    assert table1.count("not available") == len(METHODS) - 1  # no_mpf is not in Table 1
+    assert "vgg19.pth" in table1 and "Lucas–Kanade" in table1
     table5 = (tables / "largefactor_table5.md").read_text()
     assert "GPEMSR, mpf=False" in table5 and "16× ssim ↑" in table5
 

@@ -253,7 +253,8 @@ def test_slice_metrics_ok_with_labels():
     out = metrics.slice_metrics(reference, image, data_range=1, pixel_nm=5, labels=labels)
     assert out["status"] == "ok"
     assert set(out) == {
-        "status", "psnr", "ssim", "frc", "frc_resolution_nm", "voi_split", "voi_merge", "arand"
+        "status", "psnr", "ssim", "frc", "frc_resolution_nm",
+        "voi_split", "voi_merge", "voi", "arand",
     }  # fmt: skip
     assert out["psnr"] == pytest.approx(metrics.psnr(reference, image, data_range=1))
     assert out["ssim"] == pytest.approx(metrics.ssim(reference, image, data_range=1))

@@ -393,7 +393,7 @@ def test_tables_hold_every_method_dataset_and_slice(study):
 
 def test_phantom_datasets_are_scored_against_their_labels(study):
     slices = pd.read_parquet(study / "results/tables/slices.parquet")
-    segmentation = ["voi_split", "voi_merge", "arand"]
+    segmentation = ["voi_split", "voi_merge", "voi", "arand"]
     assert set(segmentation) <= set(slices.columns)
     assert np.isfinite(slices[segmentation].to_numpy()).all()
     assert (slices[segmentation] >= 0).all().all() and (slices.arand <= 1).all()

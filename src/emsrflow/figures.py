@@ -56,6 +56,7 @@ METRIC_LABELS = {
     "frc_resolution_nm": "FRC resolution (nm)",
     "voi_split": "VOI split (bits)",
     "voi_merge": "VOI merge (bits)",
+    "voi": "VOI (bits)",
     "arand": "adapted Rand error",
 }
 

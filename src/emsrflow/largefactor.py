@@ -113,8 +113,8 @@ CODEBOOK_TERMS = ("l1", "codebook", "g_adversarial", "d_adversarial", "r1")
 INDEXER_TERMS = ("cross_entropy", "accuracy")
 RECONSTRUCTION_TERMS = ("l1", "fidelity")
 
-#: HR patches must be multiples of the codebook's compression p; LR patches of Stage III
-#: multiples of GPEMSR's window (its pyramid and pooling).
+#: HR patches must be multiples of the codebook's compression p; LR patches of Stages II
+#: and III multiples of GPEMSR's window (its pyramid and pooling).
 HR_MULTIPLE, LR_MULTIPLE = 16, 4
 
 _STAGE1_KEYS = (
@@ -351,6 +351,14 @@ def _check_patch(patch: int, multiple: int, what: str) -> None:
         )
 
 
+def _check_pair_patch(patch: int, scale: int) -> None:
+    _check_patch(
+        patch,
+        math.lcm(HR_MULTIPLE, LR_MULTIPLE * scale),
+        f" (16, and {LR_MULTIPLE} × scale so that the LR patch is a multiple of {LR_MULTIPLE})",
+    )
+
+
 def _check_scale(scale: Any) -> int:
     value = integer_setting("scale", scale, 2)
     if value & (value - 1) or value > HR_MULTIPLE:
@@ -422,7 +430,8 @@ class CodebookSettings(OptimSettings):
 class IndexerSettings(OptimSettings):
     """Settings of Stage II (defaults: the authors' ``train_stage2_x*.yml`` where it fits).
 
-    ``patch`` is the HR patch size (a multiple of 16); the LR patch is ``patch / scale``.
+    ``patch`` is the HR patch size: a multiple of 16 whose LR size ``patch / scale`` is a
+    multiple of 4 (a multiple of 32 at 8×, of 64 at 16×).
 
     Parameters
     ----------
@@ -441,7 +450,7 @@ class IndexerSettings(OptimSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._put("scale", _check_scale(self.scale))
-        _check_patch(self.patch, HR_MULTIPLE, "")
+        _check_pair_patch(self.patch, self.scale)
 
 
 @dataclass(frozen=True)
@@ -476,11 +485,7 @@ class ReconstructionSettings(OptimSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._put("scale", _check_scale(self.scale))
-        _check_patch(
-            self.patch,
-            math.lcm(HR_MULTIPLE, LR_MULTIPLE * self.scale),
-            f" (16, and {LR_MULTIPLE} × scale so that the LR patch is a multiple of {LR_MULTIPLE})",
-        )
+        _check_pair_patch(self.patch, self.scale)
         if self.fidelity_weight is not None:
             self._put("fidelity_weight", real_setting("fidelity_weight", self.fidelity_weight))
         self._put("contextual_level", integer_setting("contextual_level", self.contextual_level, 0))
@@ -867,7 +872,7 @@ def train_indexer(
             rng,
             sections=1,
             hr_multiple=prior.compression,
-            lr_multiple=prior.window,
+            lr_multiple=max(prior.window, LR_MULTIPLE),
         )
         prior.to(context.device)
         routed = context.wrap(prior, ["logits"])
@@ -894,6 +899,9 @@ def train_indexer(
 def build_reconstruction(prior: str | os.PathLike | None, scale: int, **network: Any) -> nn.Module:
     """Return a Stage III network whose frozen prior is loaded from a Stage II checkpoint.
 
+    Local pretrained files that the keywords name (``spynet_weights``,
+    ``vgg19_weights``) are loaded too (:meth:`~emsrflow.archs.gpemsr.GPEMSR.load_pretrained`).
+
     Parameters
     ----------
     prior : str or os.PathLike or None
@@ -911,14 +919,14 @@ def build_reconstruction(prior: str | os.PathLike | None, scale: int, **network:
     if "prior" in network:
         raise ValueError("the prior's architecture comes from the Stage II checkpoint")
     if not network.get("mpf", True):
-        return build_network({**network, "type": "gpemsr", "scale": scale})
+        return build_network({**network, "type": "gpemsr", "scale": scale}).load_pretrained()
     if prior is None:
         raise ValueError("GPEMSR with MPF needs the Stage II checkpoint ('prior')")
     stage2 = load_model(prior, expect={"type": "gpemsr_prior", "scale": scale})
     keywords = {k: v for k, v in stage2.spec.items() if k not in ("type", "scale")}
     net = build_network({**network, "type": "gpemsr", "scale": scale, "prior": keywords})
     net.prior.load_state_dict(stage2.state_dict())
-    return net
+    return net.load_pretrained()
 
 
 def train_reconstruction(

@@ -729,9 +729,9 @@ def slice_metrics(
             :func:`frc_score`, the mean FRC over the rings.
         ``frc_resolution_nm``
             :func:`frc_resolution` of the apodized :func:`frc_curve`.
-        ``voi_split``, ``voi_merge``, ``arand``
-            Only when ``labels`` is given: :func:`voi` (bits) and
-            :func:`adapted_rand_error`.
+        ``voi_split``, ``voi_merge``, ``voi``, ``arand``
+            Only when ``labels`` is given: :func:`voi` (bits; ``voi`` is their sum, the
+            variation of information) and :func:`adapted_rand_error`.
 
         Slices whose status is not ``"ok"`` should be excluded when averaging;
         :func:`finite_mean_std` does so for the NaNs.
@@ -756,7 +756,7 @@ def slice_metrics(
     nan = math.nan
     result = {"status": "ok", "psnr": nan, "ssim": nan, "frc": nan, "frc_resolution_nm": nan}
     if labels is not None:
-        result.update(voi_split=nan, voi_merge=nan, arand=nan)
+        result.update(voi_split=nan, voi_merge=nan, voi=nan, arand=nan)
 
     if not np.all(np.isfinite(reference)):
         result["status"] = "non-finite reference"
@@ -779,6 +779,7 @@ def slice_metrics(
     if labels is not None:
         segments = membrane_watershed(prediction) if segmentation is None else segmentation
         result["voi_split"], result["voi_merge"] = voi(labels, segments)
+        result["voi"] = result["voi_split"] + result["voi_merge"]
         result["arand"] = adapted_rand_error(labels, segments)
     return result
 

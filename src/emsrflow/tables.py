@@ -63,7 +63,7 @@ METRICS = ("psnr", "ssim", "frc", "frc_resolution_nm")
 
 #: Slice-level metrics against ground-truth labels (lower is better), present in the slice
 #: table only where labels were given (:func:`emsrflow.metrics.slice_metrics`).
-SEGMENTATION_METRICS = ("voi_split", "voi_merge", "arand")
+SEGMENTATION_METRICS = ("voi_split", "voi_merge", "voi", "arand")
 
 #: Delta degrees of freedom of every standard deviation: sample standard deviation.
 DDOF = 1

@@ -586,17 +586,38 @@ GP_ABLATION = dict(LARGEFACTOR.get("ablation") or {})
 # Stage III variants: name → keyword overrides of emsrflow.archs.gpemsr.GPEMSR.
 GP_VARIANTS = {"full": {}, "single": {"single_section": True}, **GP_ABLATION}
 GP_ARCHS = dict((LARGEFACTOR.get("baselines") or {}).get("archs") or {})
+# Local copies of the paper's pretrained networks (null: replaced, see config.yaml), and
+# the GPEMSR keywords that use them.
+GP_PRETRAINED = dict(LARGEFACTOR.get("pretrained") or {})
+# Perceptual metrics whose two local files are configured (the others: "not available").
+GP_PERCEPTUAL = {
+    name: spec
+    for name, spec in GP_PRETRAINED.items()
+    if name in ("lpips", "dists") and spec.get("backbone") and spec.get("calibration")
+}
+GP_PRETRAINED_NETWORK = {
+    **(
+        {"features": "vgg19", "vgg19_weights": GP_PRETRAINED["vgg19"]}
+        if GP_PRETRAINED.get("vgg19")
+        else {}
+    ),
+    **(
+        {"flow": "spynet", "spynet_weights": GP_PRETRAINED["spynet"]}
+        if GP_PRETRAINED.get("spynet")
+        else {}
+    ),
+}
 # Methods, in the tables' order: bicubic, trained baselines, GPEMSR single-section, full.
 GP_TABLE1 = ["bicubic", *GP_ARCHS, "gpemsr_single", "gpemsr_full"]
 GP_TABLE5 = ["gpemsr_full", *(f"gpemsr_{name}" for name in GP_ABLATION)]
 GP_METHODS = list(dict.fromkeys([*GP_TABLE1, *GP_TABLE5]))
-# Metrics of Tables 1 and 5 (VOI as its split and merge parts; LPIPS and DISTS need
-# pretrained ImageNet networks, absent here: their columns say "not available").
+# Metrics of Tables 1 and 5: VOI (split + merge) beside its two parts, ARAND where the
+# datasets have labels, LPIPS and DISTS where their local weights are configured.
 GP_METRICS = {
-    m: METRICS[m]
-    for m in ("psnr", "ssim", "frc", "voi_split", "voi_merge", "arand")
-    if m in METRICS
-}
+    m: {**METRICS, "voi": (False, 3)}[m]
+    for m in ("psnr", "ssim", "frc", "voi_split", "voi_merge", "voi", "arand")
+    if m in METRICS or (m == "voi" and "voi_split" in METRICS)
+} | {m: (False, 4) for m in GP_PERCEPTUAL}
 GP_LABELS = {
     "bicubic": "Bicubic",
     **{
@@ -641,6 +662,7 @@ def gp_stage(stage, key):
         if key == "settings" and stage != "codebook":
             value["scale"] = int(wildcards.factor)
         if key == "network" and stage == "reconstruction":
+            value.update(GP_PRETRAINED_NETWORK)
             value.update(GP_VARIANTS[wildcards.gp_variant])
         return value
 

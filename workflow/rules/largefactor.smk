@@ -130,6 +130,12 @@ rule gp_reconstruction:
         lr=gp_training_pairs("lr"),
         hr=gp_training_pairs("hr"),
         previous=gp_prior,
+        # local VGG19 / SPyNet weights where config `largefactor: pretrained:` names them
+        pretrained=[
+            GP_PRETRAINED[name]
+            for name in ("vgg19", "spynet")
+            if GP_PRETRAINED.get(name)
+        ],
     output:
         model=protected(
             "results/models/largefactor/{fold}/x{factor}/gpemsr_{gp_variant}/model.pt"
@@ -229,8 +235,9 @@ rule gp_infer:
 
 
 rule gp_evaluate:
-    """Per-slice PSNR, SSIM and FRC against the cropped HR, and VOI and ARAND of the
-    fixed segmentation pipeline's result where the dataset has labels."""
+    """Per-slice PSNR, SSIM and FRC against the cropped HR, VOI and ARAND of the fixed
+    segmentation pipeline's result where the dataset has labels, LPIPS and DISTS where
+    their local weights are configured."""
     input:
         sr="results/{dataset}/largefactor/x{factor}/sr/{gp_method}.ome.zarr",
         hr="results/{dataset}/largefactor/x{factor}/hr.ome.zarr",
@@ -238,6 +245,12 @@ rule gp_evaluate:
         # The study's fixed segmentation pipeline of the dataset's fold (rule segmenter).
         segmenter=get_segmenter("model.pt"),
         calibration=get_segmenter("calibration.json"),
+        # local LPIPS / DISTS weights where config `largefactor: pretrained:` names them
+        perceptual=[
+            spec[key]
+            for spec in GP_PERCEPTUAL.values()
+            for key in ("backbone", "calibration")
+        ],
     output:
         slices="results/{dataset}/largefactor/x{factor}/evaluate/{gp_method}.tsv",
     log:
@@ -254,6 +267,7 @@ rule gp_evaluate:
         meta=gp_method_metadata,
         # The labels already on the cropped HR grid (rule gp_labels).
         labels=lambda wildcards, input: input.labels or "",
+        perceptual=GP_PERCEPTUAL,
         segmentation=config.get("segmentation"),
         io=config["io"],
     script:
@@ -318,10 +332,11 @@ rule gp_table1:
         factors=GP_FACTORS,
         methods={m: GP_LABELS[m] for m in GP_TABLE1},
         metrics=GP_METRICS,
+        perceptual=["lpips", "dists"],
+        cost_columns=True,
         title=(
             f"Table 1 (GPEMSR layout): methods at {', '.join(f'{f}×' for f in GP_FACTORS)}, "
-            "mean ± std; LPIPS and DISTS not available (no pretrained ImageNet networks "
-            "here)"
+            "mean ± std; LPIPS and DISTS only from local ImageNet weights"
         ),
     script:
         "../../scripts/gp_table.py"
@@ -333,6 +348,12 @@ rule gp_table5:
     input:
         summaries=expand(
             "results/tables/largefactor_x{factor}_summary.tsv", factor=GP_FACTORS
+        ),
+        costs=expand(
+            "results/{dataset}/largefactor/x{factor}/sr/{gp_method}.json",
+            dataset=PAIRED,
+            factor=GP_FACTORS,
+            gp_method=GP_TABLE5,
         ),
     output:
         tables=multiext("results/tables/largefactor_table5", ".md", ".tex"),
@@ -355,10 +376,12 @@ rule gp_table5:
         factors=GP_FACTORS,
         methods={m: GP_LABELS[m] for m in GP_TABLE5},
         metrics=GP_METRICS,
+        perceptual=["lpips"],
+        cost_columns=False,
         title=(
             f"Table 5 (GPEMSR layout): Stage III variants at "
-            f"{', '.join(f'{f}×' for f in GP_FACTORS)}, mean ± std; LPIPS not available "
-            "(no pretrained ImageNet networks here)"
+            f"{', '.join(f'{f}×' for f in GP_FACTORS)}, mean ± std; LPIPS only from local "
+            "ImageNet weights"
         ),
     script:
         "../../scripts/gp_table.py"

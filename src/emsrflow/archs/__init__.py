@@ -24,21 +24,26 @@ Registered architectures (:data:`ARCHS`):
 ``gpemsr``, ``gpemsr_codebook``, ``gpemsr_prior``
     :mod:`~emsrflow.archs.gpemsr`: the GPEMSR paper's large-factor (8×, 16×) network on
     five adjacent LR sections (input (N, 5, h, w)), its Stage I VQ codebook autoencoder
-    (scale 1) and its Stage II generative prior (codebook indexer); not yet wired into
-    the workflow.
+    (scale 1) and its Stage II generative prior (codebook indexer).
+
+Not registered (parts of the networks above, or of metrics): :mod:`.dcn` (DCNv2),
+:mod:`.spynet` (SPyNet optical flow) and :mod:`.backbones` (ImageNet VGG and AlexNet
+feature stacks in torchvision's layout, for weights from local files).
 """
 
-from . import bicubic, dcn, emsrnet, gpemsr, swinir, uformer, unet
+from . import backbones, bicubic, dcn, emsrnet, gpemsr, spynet, swinir, uformer, unet
 from .registry import ARCHS, Registry, build_network
 
 __all__ = [
     "ARCHS",
     "Registry",
+    "backbones",
     "bicubic",
     "build_network",
     "dcn",
     "emsrnet",
     "gpemsr",
+    "spynet",
     "swinir",
     "uformer",
     "unet",

@@ -22,6 +22,7 @@ __all__ = [
     "pad_to_multiple",
     "reflect_pad",
     "split_windows",
+    "warp",
 ]
 
 
@@ -179,3 +180,27 @@ class PixelShuffleUpsampler(nn.Sequential):
             layers.append(nn.Conv2d(channels, channels * factor**2, 3, padding=1, bias=bias))
             layers.append(nn.PixelShuffle(factor))
         super().__init__(*layers)
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Sample ``image`` at p + flow(p), bilinear, border values outside.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        (B, C, H, W).
+    flow : torch.Tensor
+        (B, 2, H, W): (x, y) displacements in pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C, H, W), ``image(p + flow(p))``.
+    """
+    h, w = image.shape[-2:]
+    ys = torch.arange(h, device=image.device, dtype=flow.dtype)
+    xs = torch.arange(w, device=image.device, dtype=flow.dtype)
+    x = xs + flow[:, 0]
+    y = ys[:, None] + flow[:, 1]
+    grid = torch.stack(((2 * x + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -74,16 +74,20 @@ implementation. Facts taken from their code:
 
 Deviations (documented choices):
 
-- No VGG19 (torchvision cannot be used here and the weights are ImageNet's): the MPF
-  mask uses the frozen Stage I encoder's full-resolution features (its input
-  convolution and first residual block, 64 channels, in place of VGG ``relu1_2``) and
-  the contextual loss its HR/4 features (level 2, 128 channels, in place of VGG
-  ``relu3_4``, also at HR/4).
-- No SpyNet (pretrained on Sintel; not available): :class:`GPEMSR` takes the flows as
-  an argument or estimates them classically (:func:`section_flows`: dense pyramidal
-  Lucas–Kanade by default, global phase correlation, or zero). The authors' code runs
-  SpyNet twice on the same (section, centre) pair for its two flow branches; here the
-  branches get the flow from the centre to the section and the reverse one.
+- VGG19 and SPyNet are pretrained on ImageNet and Sintel; nothing can be downloaded
+  here. By default (``features="encoder"``) the MPF mask uses the frozen Stage I
+  encoder's full-resolution features (its input convolution and first residual block,
+  64 channels, in place of VGG ``relu1_2``) and the contextual loss its HR/4 features
+  (level 2, 128 channels, in place of VGG ``relu3_4``, also at HR/4); with a local
+  copy of torchvision's VGG19 weights, ``features="vgg19"`` uses VGG19 as the paper
+  (:mod:`.backbones`). The flows are classical by default (:func:`section_flows`:
+  dense pyramidal Lucas–Kanade, global phase correlation, or zero, on the LR sections,
+  where they are already sub-pixel); ``flow="spynet"`` runs a :class:`~.spynet.SPyNet`
+  on the sections upsampled ×4 as the authors do, loaded from a local Sintel weights
+  file (frozen) or trained end to end. :meth:`GPEMSR.stand_ins` names the choice. The
+  authors' code runs SpyNet twice on the same (section, centre) pair for its two flow
+  branches; here the branches get the flow from the centre to the section and the
+  reverse one.
 - The flows also give the base offsets of POD's three pyramid deformable convolutions
   (flow-guided deformable alignment as in BasicVSR++; ``flow_guided=True``), so that a
   fresh POD already aligns with the true flow; in the authors' code the flows only
@@ -122,11 +126,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_scale, reflect_pad
+from .backbones import Backbone, load_backbone
+from .common import check_scale, reflect_pad, warp
 from .dcn import DCNPack, flow_to_offset
 from .registry import ARCHS
+from .spynet import SPyNet, load_spynet_weights
 
 __all__ = [
+    "FEATURE_SOURCES",
+    "FLOW_METHODS",
     "GPEMSR",
     "MPF",
     "POD",
@@ -894,17 +902,6 @@ def indexer_objective(
 # Optical flow between sections (SpyNet stand-ins)
 
 
-def _warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Sample ``image`` at p + flow(p) (bilinear, border values outside)."""
-    h, w = image.shape[-2:]
-    ys = torch.arange(h, device=image.device, dtype=flow.dtype)
-    xs = torch.arange(w, device=image.device, dtype=flow.dtype)
-    x = xs + flow[:, 0]
-    y = ys[:, None] + flow[:, 1]
-    grid = torch.stack(((2 * x + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
 def _standardize(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     both = torch.cat([a, b], dim=1)
     mean = both.mean((1, 2, 3), keepdim=True)
@@ -961,7 +958,7 @@ def lucas_kanade_flow(
             flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
             flow = flow * ratio[:, None, None]
         for _ in range(iterations):
-            warped = _warp(mov, flow)
+            warped = warp(mov, flow)
             mean = F.pad(0.5 * (warped + fixed), (1, 1, 1, 1), mode="replicate")
             gx = 0.5 * (mean[..., 1:-1, 2:] - mean[..., 1:-1, :-2])
             gy = 0.5 * (mean[..., 2:, 1:-1] - mean[..., :-2, 1:-1])
@@ -1018,6 +1015,25 @@ def phase_correlation_flow(ref: torch.Tensor, moving: torch.Tensor) -> torch.Ten
 
 
 _FLOWS = {"lk": lucas_kanade_flow, "phase": phase_correlation_flow}
+
+#: Flow estimators of :class:`GPEMSR` (``flow``): classical ones and SPyNet.
+FLOW_METHODS = ("lk", "phase", "zero", "spynet")
+
+#: Flow estimators in words, for the records of what replaces SPyNet.
+FLOW_NAMES = {
+    "lk": "dense pyramidal Lucas–Kanade",
+    "phase": "global phase correlation",
+    "zero": "none: zero flow",
+}
+
+#: SPyNet sees the LR sections upsampled by this factor (the authors' 4×).
+SPYNET_UPSAMPLE = 4
+
+#: Sources of the MPF mask's and the fidelity loss's features (:class:`GPEMSR`).
+FEATURE_SOURCES = ("encoder", "vgg19")
+
+#: VGG19 layer of each feature level (scale HR/2^level).
+VGG19_LEVELS = ("relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4")
 
 
 @torch.no_grad()
@@ -1408,8 +1424,24 @@ class GPEMSR(nn.Module):
     single_section : bool
         Use the centre section only (no alignment or fusion); the input may then have
         any odd number of sections, 1 included.
-    flow : {"lk", "phase", "zero"}
-        Flow estimator used when :meth:`forward` gets no flows (:func:`section_flows`).
+    flow : {"lk", "phase", "zero", "spynet"}
+        Flow estimator used when :meth:`forward` gets no flows: classical
+        (:func:`section_flows` on the LR sections) or a :class:`~.spynet.SPyNet` on the
+        sections upsampled ×4 (bilinear), as the authors run theirs.
+    spynet_weights : str, optional
+        With ``flow="spynet"``: the local SPyNet weights file (BasicSR's Sintel
+        ``spynet_sintel_final-3d2a1287.pth``) it was built from; the SPyNet is then
+        frozen, as in the paper. ``None``: the SPyNet starts at zero flow and is trained
+        end to end. The file is read by :meth:`load_pretrained`, not here (a checkpoint
+        holds the weights and names the file).
+    features : {"encoder", "vgg19"}
+        Features of the MPF mask and the multi-Ref fidelity loss
+        (:meth:`feature_maps`): the frozen Stage I encoder's, trained on EM (the
+        replacement of ImageNet VGG19 that needs no download), or VGG19's as in the
+        paper, from ``vgg19_weights``.
+    vgg19_weights : str, optional
+        With ``features="vgg19"``: the local file of torchvision's ImageNet VGG19
+        weights (``vgg19-dcbb9e9d.pth``), read by :meth:`load_pretrained`.
     flow_guided : bool
         Whether POD uses the flow as base offsets (see :class:`POD`).
     prior : mapping, optional
@@ -1438,6 +1470,9 @@ class GPEMSR(nn.Module):
         single_section: bool = False,
         flow: str = "lk",
         flow_guided: bool = True,
+        spynet_weights: str | None = None,
+        features: str = "encoder",
+        vgg19_weights: str | None = None,
         prior: Mapping[str, Any] | None = None,
     ):
         super().__init__()
@@ -1450,11 +1485,27 @@ class GPEMSR(nn.Module):
                 f"align must be 'pod' or 'resblocks' and fusion '3da' or 'resblocks', "
                 f"got {align!r}, {fusion!r}"
             )
-        if flow not in ("lk", "phase", "zero"):
-            raise ValueError(f"flow must be 'lk', 'phase' or 'zero', got {flow!r}")
+        if flow not in FLOW_METHODS:
+            raise ValueError(f"flow must be one of {', '.join(FLOW_METHODS)}, got {flow!r}")
+        if spynet_weights is not None and flow != "spynet":
+            raise ValueError(f"spynet_weights {spynet_weights!r} given with flow {flow!r}")
+        if features not in FEATURE_SOURCES:
+            raise ValueError(
+                f"features must be one of {', '.join(FEATURE_SOURCES)}, got {features!r}"
+            )
+        if (features == "vgg19") != (vgg19_weights is not None):
+            raise ValueError(
+                "features 'vgg19' needs vgg19_weights, a local file of torchvision's "
+                "ImageNet VGG19 weights (vgg19-dcbb9e9d.pth), and vgg19_weights needs "
+                f"features 'vgg19'; got features {features!r}, vgg19_weights {vgg19_weights!r}"
+            )
         c = channels
         self.sections, self.single_section = sections, single_section
         self.flow, self.use_mpf = flow, mpf
+        self.spynet_weights = spynet_weights
+        self.features, self.vgg19_weights = features, vgg19_weights
+        if flow == "spynet" and not single_section and align == "pod":
+            self.spynet = SPyNet().requires_grad_(spynet_weights is None)
         self.conv_first = nn.Conv2d(1, c, 3, padding=1)
         self.front = _res_blocks(c, front_blocks)
         window = 1
@@ -1465,6 +1516,8 @@ class GPEMSR(nn.Module):
             if self.scale > p:
                 raise ValueError(f"scale {scale} exceeds the prior's compression {p}")
             self.mask_patch = p  # the authors' 16 × 16 patches
+            if features == "vgg19":
+                self.vgg = Backbone("vgg19").requires_grad_(False)
             self.mpf = MPF(c, self.scale, self.prior.vq.decoder.channels[:-1], fusion_blocks)
             window = max(window, p // self.scale)
         if not single_section:
@@ -1503,12 +1556,11 @@ class GPEMSR(nn.Module):
     def _prior_fusion(self, feature: torch.Tensor, frames: torch.Tensor):
         features, reference = self.prior.reference(frames)
         with torch.no_grad():
-            encoder = self.prior.vq.encoder
             up = F.interpolate(
                 frames, scale_factor=self.scale, mode="bilinear", align_corners=False
             )
             similarity = _patch_similarity(
-                encoder.features(reference, 0), encoder.features(up, 0), self.mask_patch
+                self.feature_maps(reference, 0), self.feature_maps(up, 0), self.mask_patch
             )
         mask = self.mpf.mask(similarity.to(feature.dtype))
         return self.mpf(feature, features, mask), reference
@@ -1539,6 +1591,22 @@ class GPEMSR(nn.Module):
         )
         return aligned.reshape(n, t, c, h, w)
 
+    def _flows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.flow != "spynet":
+            return section_flows(x, self.flow)
+        n, t, h, w = x.shape
+        s = SPYNET_UPSAMPLE
+        up = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        sections = up.reshape(n * t, 1, s * h, s * w)
+        centre = up[:, t // 2 : t // 2 + 1].expand_as(up).reshape(sections.shape)
+        others = torch.ones(1, t, 1, 1, 1, dtype=up.dtype, device=up.device)
+        others[:, t // 2] = 0  # the centre's flows to itself are zero
+        flows = []
+        for ref, supp in ((centre, sections), (sections, centre)):
+            flow = F.interpolate(self.spynet(ref, supp), size=(h, w), mode="area") / s
+            flows.append(flow.reshape(n, t, 2, h, w) * others)
+        return flows[0], flows[1]
+
     def _reconstruct(self, x: torch.Tensor, flow, backward_flow):
         n, t, h, w = x.shape
         centre = x[:, t // 2 : t // 2 + 1]
@@ -1554,7 +1622,7 @@ class GPEMSR(nn.Module):
             fused = feature
         else:
             if flow is None and self.align_mode == "pod":
-                flow, backward_flow = section_flows(x, self.flow)
+                flow, backward_flow = self._flows(x)
             aligned = self._align(feature.reshape(n, t, *feature.shape[1:]), x, flow, backward_flow)
             if self.fusion_mode == "3da":
                 fused = self.fusion(aligned)
@@ -1568,6 +1636,84 @@ class GPEMSR(nn.Module):
         return out + base.to(out.dtype), reference
 
     # -- public ---------------------------------------------------------------------
+
+    def feature_maps(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Features of HR images for the MPF mask (level 0) and the fidelity loss.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Images (N, 1, H, W) in [0, 1].
+        level : int
+            Scale: HR/2^level. The frozen Stage I encoder's features at that scale, or
+            VGG19's last ReLU of block ``level + 1`` (``relu1_2``, ``relu2_2``,
+            ``relu3_4``, ``relu4_4``, ``relu5_4``: the paper's mask takes ``relu1_2``,
+            its contextual loss ``relu3_4``).
+
+        Returns
+        -------
+        torch.Tensor
+            (N, C, H / 2^level, W / 2^level).
+        """
+        if self.features == "vgg19":
+            if not 0 <= level < len(VGG19_LEVELS):
+                raise ValueError(f"VGG19 has feature levels 0–4, got {level}")
+            return self.vgg(x, [VGG19_LEVELS[level]])[VGG19_LEVELS[level]]
+        return self.prior.vq.encoder.features(x, level)
+
+    def stand_ins(self) -> dict[str, str]:
+        """Name what replaces each pretrained network of the paper in this network.
+
+        Returns
+        -------
+        dict of str to str
+            ``features`` (the MPF mask and the multi-Ref fidelity loss) and ``flow``
+            (POD's optical flow), each in words; empty where the part is unused (no
+            MPF, no POD).
+        """
+        if not self.use_mpf:
+            features = ""
+        elif self.features == "vgg19":
+            features = f"ImageNet VGG19 (relu1_2, relu3_4) from {self.vgg19_weights}, as the paper"
+        else:
+            features = (
+                "frozen Stage I encoder trained on EM, in place of ImageNet VGG19 (mask: "
+                "its full-resolution level for relu1_2; fidelity loss: the level of the "
+                "setting contextual_level, HR/4 by default, for relu3_4)"
+            )
+        if self.single_section or self.align_mode != "pod":
+            flow = ""
+        elif self.flow == "spynet" and self.spynet_weights is not None:
+            flow = f"SPyNet from {self.spynet_weights} (frozen), as the paper"
+        elif self.flow == "spynet":
+            flow = "SPyNet-shaped network trained end to end, in place of Sintel-trained SPyNet"
+        else:
+            flow = (
+                f"classical flow ({FLOW_NAMES[self.flow]}) on the LR sections, in place of "
+                "Sintel-trained SPyNet"
+            )
+        return {"features": features, "flow": flow}
+
+    def load_pretrained(self) -> GPEMSR:
+        """Load the local pretrained weights the spec names.
+
+        ``spynet_weights`` into the SPyNet (frozen), ``vgg19_weights`` into VGG19.
+
+        Returns
+        -------
+        GPEMSR
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            If a named file is missing or does not fit (the message names it).
+        """
+        if self.spynet_weights is not None and hasattr(self, "spynet"):
+            load_spynet_weights(self.spynet, self.spynet_weights)
+        if self.vgg19_weights is not None and hasattr(self, "vgg"):
+            self.vgg.load_state_dict(load_backbone("vgg19", self.vgg19_weights).state_dict())
+        return self
 
     def forward_with_reference(
         self,
@@ -1702,8 +1848,8 @@ def gpemsr_objective(
     """Stage III objective L1 + λ·L_Mfid (Eq. 8).
 
     L_Mfid is :func:`contextual_loss` between the output and every section's reference
-    I_Ref (the output repeated), on features of the frozen Stage I encoder at
-    ``level`` (HR/4 by default, where the authors use VGG19 ``relu3_4``).
+    I_Ref (the output repeated), on :meth:`GPEMSR.feature_maps` at ``level`` (HR/4 by
+    default: the frozen Stage I encoder's, or VGG19 ``relu3_4`` as the authors').
 
     Parameters
     ----------
@@ -1737,10 +1883,9 @@ def gpemsr_objective(
         return l1, torch.stack([l1, torch.zeros_like(l1)]).detach()
     lam = fidelity_weight(model.scale) if weight is None else weight
     n, t = references.shape[:2]
-    encoder = model.prior.vq.encoder
     with torch.autocast(lr.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        output = encoder.features(sr[:, None].expand(n, t, *sr.shape[1:]).flatten(0, 1), level)
+        output = model.feature_maps(sr[:, None].expand(n, t, *sr.shape[1:]).flatten(0, 1), level)
         with torch.no_grad():
-            target = encoder.features(references.flatten(0, 1).to(sr.dtype), level)
+            target = model.feature_maps(references.flatten(0, 1).to(sr.dtype), level)
     cx = contextual_loss(output, target)
     return l1 + lam * cx, torch.stack([l1, cx]).detach()
