@@ -145,6 +145,12 @@ def main() -> int:
         "against noise before the protocol); 1 = the slices as acquired",
     )
     parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="with --downscale d: train on the training slices binned at all d² grid "
+        "offsets (d² different images of each; test slices at offset 0 as without)",
+    )
+    parser.add_argument(
         "--steps", type=int, default=300, help="network training steps; 0: the baselines only"
     )
     parser.add_argument("--batch", type=int, default=8)
@@ -187,10 +193,13 @@ def main() -> int:
 
     volume, voxel = read_volume(str(args.data))
     volume = to_float01(volume)
+    phases, binned = [(0, 0)], [volume]
     if args.downscale > 1:
         d = args.downscale
-        z, h, w = volume.shape
-        volume = volume[:, : h // d * d, : w // d * d].reshape(z, h // d, d, w // d, d).mean((2, 4))
+        if args.phases:
+            phases = [(i, j) for i in range(d) for j in range(d)]
+        binned = [downscale(volume, d, phase) for phase in phases]
+        volume = binned[0]
         voxel = (voxel[0], voxel[1] * d, voxel[2] * d) if voxel else None
     spec = {
         "type": "uformer",
@@ -206,6 +215,7 @@ def main() -> int:
         "benchmark": "isotropic_isbi",
         "data": str(args.data.name),
         "downscale": args.downscale,
+        "training_phases": len(phases),
         "voxel_nm": list(voxel) if voxel else None,
         "rho": args.rho,
         "spec": spec if settings else None,
@@ -221,7 +231,9 @@ def main() -> int:
         train, test = fold_slices(len(volume), fold)
         linear = fit_linear_filter(volume[train], args.rho)
         if args.steps:
-            model, steps, seconds, curve = train_fold(volume[train], args.rho, spec, settings, args)
+            model, steps, seconds, curve = train_fold(
+                [b[train] for b in binned], args.rho, spec, settings, args
+            )
             print(curve)
             print(f"fold {fold}: network {spec}, {parameters(model):,} parameters")
             print(f"training: {steps} steps of {args.batch}×{args.patch}² in {seconds:.0f} s")
@@ -248,6 +260,19 @@ def main() -> int:
     return 0
 
 
+def downscale(volume: np.ndarray, d: int, phase: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Average d × d pixels, the bins starting ``phase`` pixels in (rows, columns).
+
+    Phase (0, 0) bins the whole slice (up to d − 1 pixels at the far ends); the others
+    lose the bins that would pass the end.
+    """
+    i, j = phase
+    z, h, w = volume.shape
+    rows, cols = (h - i) // d, (w - j) // d
+    crop = volume[:, i : i + rows * d, j : j + cols * d]
+    return crop.reshape(z, rows, d, cols, d).mean((2, 4))
+
+
 def iso_settings(args: argparse.Namespace) -> IsoSettings:
     """The network's training settings from the command line."""
     return IsoSettings(
@@ -269,9 +294,14 @@ def iso_settings(args: argparse.Namespace) -> IsoSettings:
 
 
 def train_fold(
-    slices: np.ndarray, rho: float, spec: dict, settings: IsoSettings, args: argparse.Namespace
+    volumes: list[np.ndarray],
+    rho: float,
+    spec: dict,
+    settings: IsoSettings,
+    args: argparse.Namespace,
 ) -> tuple[torch.nn.Module, int, float, str]:
-    """Train a fresh network on ``slices``; returns it, its steps, seconds and curve CSV.
+    """Train a fresh network on the slices of ``volumes``; returns it, its steps, seconds
+    and curve CSV.
 
     Training runs in chunks resumed from the checkpoint, so that ``--minutes`` can stop it.
     """
@@ -285,7 +315,7 @@ def train_fold(
             done = min(args.steps, done + chunk)
             train_isotropic(
                 model,
-                [slices],
+                volumes,
                 rho,
                 dataclasses.replace(settings, steps=done),
                 checkpoint=Path(tmp) / "checkpoint.pt",

@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import inspect
 import json
 import logging
 import math
@@ -77,6 +78,7 @@ from torch import nn
 from .archs import build_network
 from .archs.gpemsr import (
     PatchDiscriminator,
+    VQAutoencoder,
     discriminator_adversarial_loss,
     fidelity_weight,
     generator_adversarial_loss,
@@ -117,16 +119,9 @@ RECONSTRUCTION_TERMS = ("l1", "fidelity")
 #: and III multiples of GPEMSR's window (its pyramid and pooling).
 HR_MULTIPLE, LR_MULTIPLE = 16, 4
 
-_STAGE1_KEYS = (
-    "channels",
-    "latent_dim",
-    "codes",
-    "beta",
-    "blocks",
-    "bottleneck_blocks",
-    "non_local",
-    "norm_groups",
-)
+#: Stage I architecture keywords (VQAutoencoder's but the scale), which Stage II takes
+#: from the Stage I checkpoint.
+_STAGE1_KEYS = tuple(k for k in inspect.signature(VQAutoencoder).parameters if k != "scale")
 
 
 # ---------------------------------------------------------------------------------------

@@ -504,7 +504,8 @@ class VectorQuantizer(nn.Module):
         return z + (zq - z).detach(), loss, indices
 
 
-def _stage1_keywords(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _coder_keywords(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the keywords that the Stage I encoder and decoder share."""
     return {
         key: kwargs[key]
         for key in ("latent_dim", "blocks", "bottleneck_blocks", "non_local", "norm_groups")
@@ -562,7 +563,7 @@ class VQAutoencoder(nn.Module):
                 f"gpemsr_codebook reconstructs its input: scale must be 1, got {scale}"
             )
         self.scale = 1
-        kwargs = _stage1_keywords(locals())
+        kwargs = _coder_keywords(locals())
         self.encoder = Encoder(channels, **kwargs)
         self.quantizer = VectorQuantizer(codes, latent_dim, beta)
         self.decoder = Decoder(list(channels)[::-1], **kwargs)
