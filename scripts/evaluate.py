@@ -35,18 +35,18 @@ p = snakemake.params
 planes = getattr(p, "planes", "xy")
 labels_spec = getattr(p, "labels", "")
 segmenter = getattr(snakemake.input, "segmenter", None)
-if segmenter:
+perceptual = {
+    name: load_perceptual(name, spec) for name, spec in getattr(p, "perceptual", {}).items()
+}
+if segmenter or perceptual:
     torch.set_num_threads(snakemake.threads)  # the same sums wherever the job runs
+if perceptual:
+    log.info("perceptual metrics from local weights: %s", p.perceptual)
+if segmenter:
     net = segment.load_affinity_net(segmenter)
     calibration = json.loads(open(snakemake.input.calibration).read())
     segmenting = segment.segment_keywords(calibration)
     log.info("segmenting with %s at threshold %g", segmenter, segmenting["threshold"])
-perceptual = {
-    name: load_perceptual(name, spec) for name, spec in getattr(p, "perceptual", {}).items()
-}
-if perceptual:
-    torch.set_num_threads(snakemake.threads)
-    log.info("perceptual metrics from local weights: %s", p.perceptual)
 rows = []
 with contextlib.ExitStack() as stack:
     sr, hr = (

@@ -19,6 +19,8 @@ from emsrflow.runlog import rule_logger
 from emsrflow.tables import ALL_DATASETS, PaperTable, cost_table, metric_table
 
 PERCEPTUAL = {"lpips": "LPIPS ↓", "dists": "DISTS ↓"}
+# metric_table's column names of the perceptual metrics → the paper's
+RENAMED = {f"{m} ↓": label for m, label in PERCEPTUAL.items()}
 
 log = rule_logger(snakemake.log[0], snakemake.rule)
 p, inp = snakemake.params, snakemake.input
@@ -32,9 +34,8 @@ for factor, path in zip(p.factors, inp.summaries, strict=True):
     row = datasets[0] if len(datasets) == 1 else ALL_DATASETS
     metrics = {m: rule for m, rule in p.metrics.items() if f"{m}_mean" in summary}
     table = metric_table(summary, metrics, columns="method", dataset=row)
-    names = {f"{m} ↓": label for m, label in PERCEPTUAL.items()}
-    part = table.cells.T.reindex(list(p.methods)).rename(columns=names)
-    rank = table.ranks.T.reindex(list(p.methods)).rename(columns=names)
+    part = table.cells.T.reindex(list(p.methods)).rename(columns=RENAMED)
+    rank = table.ranks.T.reindex(list(p.methods)).rename(columns=RENAMED)
     for name in p.perceptual:
         if PERCEPTUAL[name] not in part:
             part[PERCEPTUAL[name]], rank[PERCEPTUAL[name]] = "not available", 0

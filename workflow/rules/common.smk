@@ -589,12 +589,6 @@ GP_ARCHS = dict((LARGEFACTOR.get("baselines") or {}).get("archs") or {})
 # Local copies of the paper's pretrained networks (null: replaced, see config.yaml), and
 # the GPEMSR keywords that use them.
 GP_PRETRAINED = dict(LARGEFACTOR.get("pretrained") or {})
-# Perceptual metrics whose two local files are configured (the others: "not available").
-GP_PERCEPTUAL = {
-    name: spec
-    for name, spec in GP_PRETRAINED.items()
-    if name in ("lpips", "dists") and spec.get("backbone") and spec.get("calibration")
-}
 GP_PRETRAINED_NETWORK = {
     **(
         {"features": "vgg19", "vgg19_weights": GP_PRETRAINED["vgg19"]}
@@ -606,6 +600,12 @@ GP_PRETRAINED_NETWORK = {
         if GP_PRETRAINED.get("spynet")
         else {}
     ),
+}
+# Perceptual metrics whose two local files are configured (the others: "not available").
+GP_PERCEPTUAL = {
+    name: spec
+    for name, spec in GP_PRETRAINED.items()
+    if name in ("lpips", "dists") and spec.get("backbone") and spec.get("calibration")
 }
 # Methods, in the tables' order: bicubic, trained baselines, GPEMSR single-section, full.
 GP_TABLE1 = ["bicubic", *GP_ARCHS, "gpemsr_single", "gpemsr_full"]

@@ -28,6 +28,7 @@ __all__ = [
     "Backbone",
     "backbone_layers",
     "load_backbone",
+    "load_backbone_weights",
     "load_checked",
     "load_state_dict_file",
 ]
@@ -276,15 +277,39 @@ def load_backbone(name: str, path: str | Path) -> Backbone:
         If ``name`` is unknown, or the file is absent, unreadable, lacks keys, holds
         unexpected ones or tensors of the wrong shape (the message names the file).
     """
-    backbone = Backbone(name)
-    state = load_state_dict_file(path, f"{name} weights")
+    return load_backbone_weights(Backbone(name), path)
+
+
+def load_backbone_weights(backbone: Backbone, path: str | Path) -> Backbone:
+    """Fill a backbone with its ImageNet weights from a local torchvision file.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        The backbone to fill (e.g. one inside a larger network).
+    path : str or pathlib.Path
+        State-dict file, as for :func:`load_backbone`.
+
+    Returns
+    -------
+    Backbone
+        ``backbone``, in eval mode, with ``requires_grad`` off for every parameter.
+
+    Raises
+    ------
+    ValueError
+        If the file is absent, unreadable, lacks keys, holds unexpected ones or tensors
+        of the wrong shape (the message names the file).
+    """
+    what = f"{backbone.name} weights"
+    state = load_state_dict_file(path, what)
     if any(key.startswith("features.") for key in state):
         state = {
             key.removeprefix("features."): value
             for key, value in state.items()
             if not key.startswith("classifier.")
         }
-    load_checked(backbone.features, state, path, f"{name} weights", prefix="features.")
+    load_checked(backbone.features, state, path, what, prefix="features.")
     return backbone.eval().requires_grad_(False)
 
 

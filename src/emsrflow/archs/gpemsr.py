@@ -126,7 +126,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, load_backbone
+from .backbones import Backbone, load_backbone_weights
 from .common import check_scale, reflect_pad, warp
 from .dcn import DCNPack, flow_to_offset
 from .registry import ARCHS
@@ -1713,7 +1713,7 @@ class GPEMSR(nn.Module):
         if self.spynet_weights is not None and hasattr(self, "spynet"):
             load_spynet_weights(self.spynet, self.spynet_weights)
         if self.vgg19_weights is not None and hasattr(self, "vgg"):
-            self.vgg.load_state_dict(load_backbone("vgg19", self.vgg19_weights).state_dict())
+            load_backbone_weights(self.vgg, self.vgg19_weights)
         return self
 
     def forward_with_reference(
